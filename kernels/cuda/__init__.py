@@ -1,0 +1,1 @@
+"""CUDA kernels: ``numba.cuda`` kernels and their launchers over device arrays."""

@@ -1,0 +1,301 @@
+"""Backend selection: which arrays run where, and how device arrays are reached.
+
+NumPy arrays run on the CPU backend. Objects exposing ``__cuda_array_interface__`` (CuPy
+arrays, Numba device arrays, torch CUDA tensors) run on the CUDA backend, zero-copy, on
+the caller's current stream when its library has one. Nothing here imports ``numba.cuda``
+until a CUDA array or ``device="cuda"`` asks for it, so ``import pyopt`` stays silent and
+cheap on machines without CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import io
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@functools.cache
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA backend cannot be used here, or None when it can."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return (
+            "numba-cuda is not installed; install pyopt-kernels[cuda13] (or [cuda12]) "
+            "for the CUDA backend"
+        )
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            from numba import cuda
+
+            if cuda.is_available():
+                return None
+            from numba.cuda.cudadrv import driver
+
+            driver.driver.get_device_count()
+    except Exception as exc:
+        detail = " ".join(str(exc).split())
+        return f"the CUDA driver could not be initialised ({type(exc).__name__}: {detail})"
+    return "no CUDA-capable GPU was found by the CUDA driver"
+
+
+def backends() -> tuple[str, ...]:
+    """The usable backends: ``("cpu",)`` or ``("cpu", "cuda")``."""
+    return ("cpu",) if cuda_unavailable_reason() else ("cpu", "cuda")
+
+
+def require_cuda() -> None:
+    """Raise ``RuntimeError`` saying what is missing when CUDA cannot be used."""
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"device='cuda' was requested but CUDA is unusable: {reason}")
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``"auto"`` (or ``$PYOPT_DEVICE``) into ``"cpu"`` or ``"cuda"``."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        device = os.environ.get("PYOPT_DEVICE", "auto").strip().lower() or "auto"
+        if device not in DEVICES:
+            raise ValueError(f"PYOPT_DEVICE must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        return "cuda" if cuda_unavailable_reason() is None else "cpu"
+    if device == "cuda":
+        require_cuda()
+    return device
+
+
+def _is_numba_device_array(obj: Any) -> bool:
+    # Simulator arrays have no __cuda_array_interface__; recognise them by numba's own test,
+    # and only when numba.cuda is already loaded (a device array cannot exist otherwise).
+    if "numba.cuda" not in sys.modules:
+        return False
+    return sys.modules["numba.cuda"].devicearray.is_cuda_ndarray(obj)
+
+
+def is_cuda_array(obj: Any) -> bool:
+    """True for objects the CUDA backend accepts (any ``__cuda_array_interface__``)."""
+    return hasattr(obj, "__cuda_array_interface__") or _is_numba_device_array(obj)
+
+
+def backend_of(arrays: Iterable[tuple[str, Any]]) -> str:
+    """The backend for one call, from its ``(name, array)`` pairs (None entries skipped).
+
+    Raises:
+        TypeError: an argument is neither a NumPy array nor a CUDA array, or host and
+            device arrays are mixed (the message names the first argument that disagrees).
+    """
+    backend = first = None
+    for name, arr in arrays:
+        if arr is None:
+            continue
+        if isinstance(arr, np.ndarray):
+            kind = "cpu"
+        elif is_cuda_array(arr):
+            kind = "cuda"
+        else:
+            raise TypeError(
+                f"{name} must be a NumPy array or a CUDA array (CuPy, Numba device array, "
+                f"torch CUDA tensor), got {type(arr).__module__}.{type(arr).__qualname__}"
+            )
+        if backend is None:
+            backend, first = kind, name
+        elif kind != backend:
+            where = {"cpu": "host (NumPy)", "cuda": "device (CUDA)"}
+            raise TypeError(
+                f"{name} is a {where[kind]} array but {first} is a {where[backend]} array; "
+                "all arrays of one call must be on the same device"
+            )
+    if backend is None:
+        raise TypeError("no array arguments were given")
+    if backend == "cuda":
+        require_cuda()
+    return backend
+
+
+_TORCH_TO_NUMPY = {
+    "torch.float16": np.float16,
+    "torch.float32": np.float32,
+    "torch.float64": np.float64,
+    "torch.int32": np.int32,
+    "torch.int64": np.int64,
+}
+
+
+def dtype_of(arr: Any) -> np.dtype:
+    """The NumPy dtype of a NumPy, CuPy, Numba or torch array."""
+    dt = arr.dtype
+    if type(dt).__module__ == "torch":
+        key = str(dt)
+        if key not in _TORCH_TO_NUMPY:
+            raise TypeError(f"unsupported torch dtype {key}")
+        return np.dtype(_TORCH_TO_NUMPY[key])
+    return np.dtype(dt)
+
+
+class CpuCall:
+    """The CPU side of one call: NumPy arrays are already what the kernels take."""
+
+    library = "numpy"
+    stream = None
+
+    def view(self, arr: np.ndarray) -> np.ndarray:
+        return arr
+
+    def contiguous(self, arr: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(arr)
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty(shape, dtype=dtype)
+        return out, out
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: np.dtype) -> np.ndarray:
+        return np.full(shape, value, dtype=dtype)
+
+    def check_inplace(self, name: str, arr: np.ndarray) -> None:
+        if not arr.flags.writeable:
+            raise ValueError(f"{name} is updated in place but is read-only")
+
+    def inplace(self, arr: np.ndarray) -> tuple[np.ndarray, Any]:
+        """A contiguous array to update and a write-back (None when it is ``arr`` itself)."""
+        if arr.flags.c_contiguous:
+            return arr, None
+        work = np.ascontiguousarray(arr)
+        return work, functools.partial(np.copyto, arr, work)
+
+
+class CudaCall:
+    """The CUDA side of one call: the caller's library, its stream, zero-copy views.
+
+    The library of ``like`` (CuPy, torch or Numba) decides the type of the arrays handed
+    back, and its current stream is the stream every kernel of the call is queued on.
+    """
+
+    def __init__(self, like: Any):
+        from numba import cuda
+
+        self._cuda = cuda
+        module = type(like).__module__.split(".")[0]
+        self.library = module if module in ("cupy", "torch") else "numba"
+        if self.library == "cupy":
+            import cupy
+
+            ptr = cupy.cuda.get_current_stream().ptr
+        elif self.library == "torch":
+            import torch
+
+            ptr = torch.cuda.current_stream(like.device).cuda_stream
+        else:
+            ptr = 0
+        self.stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
+        self._like = like
+
+    def view(self, arr: Any) -> Any:
+        """A Numba device array over ``arr``'s memory (no copy, no stream sync)."""
+        if _is_numba_device_array(arr):
+            return arr
+        return self._cuda.as_cuda_array(arr, sync=False)
+
+    def contiguous(self, arr: Any) -> Any:
+        """A C-contiguous Numba view of ``arr``, gathering a copy only when needed."""
+        from pyopt.kernels.cuda.copy import as_contiguous
+
+        return as_contiguous(self.view(arr), self.stream)
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[Any, Any]:
+        """A new array of the caller's type and its Numba view, on the caller's device."""
+        if self.library == "cupy":
+            import cupy
+
+            out = cupy.empty(shape, dtype=dtype)
+        elif self.library == "torch":
+            import torch
+
+            tdtype = getattr(torch, np.dtype(dtype).name)
+            out = torch.empty(shape, dtype=tdtype, device=self._like.device)
+        else:
+            out = self._cuda.device_array(shape, dtype=dtype, stream=self.stream)
+            return out, out
+        return out, self.view(out)
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: np.dtype) -> Any:
+        """A Numba device array filled with ``value`` (for absent affine parameters)."""
+        return self._cuda.to_device(np.full(shape, value, dtype=dtype), stream=self.stream)
+
+    def check_inplace(self, name: str, arr: Any) -> None:
+        if not self.view(arr).is_c_contiguous():
+            raise ValueError(f"{name} is updated in place and must be contiguous on CUDA")
+
+    def inplace(self, arr: Any) -> tuple[Any, Any]:
+        """The array's own memory to update (checked contiguous); no write-back needed."""
+        return self.view(arr), None
+
+
+def call_for(backend: str, like: Any) -> CpuCall | CudaCall:
+    """The per-call helper for ``backend``; ``like`` picks the CUDA library and stream."""
+    return CpuCall() if backend == "cpu" else CudaCall(like)
+
+
+def device_full(shape: tuple[int, ...], fill: float, dtype: np.dtype, device: str) -> Any:
+    """A new array filled with ``fill`` on ``device`` ("cpu" or "cuda").
+
+    NumPy on the CPU; on CUDA a CuPy array when CuPy is installed, else a Numba one.
+    """
+    host = np.full(shape, fill, dtype=dtype)
+    if device == "cpu":
+        return host
+    if importlib.util.find_spec("cupy") is not None and not _cudasim():
+        import cupy
+
+        return cupy.asarray(host)
+    from numba import cuda
+
+    return cuda.to_device(host)
+
+
+def to_numpy(arr: Any) -> np.ndarray:
+    """A NumPy copy of a host or device array."""
+    if isinstance(arr, np.ndarray):
+        return arr.copy()
+    if type(arr).__module__.split(".")[0] == "torch":
+        return arr.detach().cpu().numpy().copy()
+    if hasattr(arr, "get") and type(arr).__module__.split(".")[0] == "cupy":
+        return arr.get()
+    if _is_numba_device_array(arr):
+        return arr.copy_to_host()
+    from numba import cuda
+
+    return cuda.as_cuda_array(arr).copy_to_host()
+
+
+def copy_into(dst: Any, src: np.ndarray) -> None:
+    """Copy host data ``src`` into the existing array ``dst`` (host or device), in place."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, src)
+        return
+    module = type(dst).__module__.split(".")[0]
+    if module == "cupy":
+        dst.set(np.ascontiguousarray(src))
+    elif module == "torch":
+        import torch
+
+        dst.copy_(torch.from_numpy(np.ascontiguousarray(src)))
+    elif _is_numba_device_array(dst):
+        dst.copy_to_device(np.ascontiguousarray(src))
+    else:
+        from numba import cuda
+
+        cuda.as_cuda_array(dst).copy_to_device(np.ascontiguousarray(src))
+
+
+def _cudasim() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")

@@ -1,0 +1,245 @@
+"""Functional forms of pyopt's operations, in the style of ``torch.nn.functional``.
+
+Every function takes NumPy arrays (CPU backend) or CUDA arrays (CUDA backend: CuPy, Numba
+device arrays, torch CUDA tensors), validates all arguments before touching anything, and
+returns arrays of the caller's type.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from pyopt import _checks
+from pyopt._backend import backend_of, call_for, copy_into
+
+__all__ = ["batch_norm", "batch_norm_backward"]
+
+
+def _batchnorm_kernels(backend: str) -> ModuleType:
+    if backend == "cpu":
+        from pyopt.kernels.cpu import batchnorm
+    else:
+        from pyopt.kernels.cuda import batchnorm
+    return batchnorm
+
+
+def _channel_layout(shape: tuple[int, ...], axis: Any) -> tuple[int, int, int]:
+    """``(outer, C, inner)``: the 3-D view of ``x`` the kernels work on."""
+    if len(shape) < 2:
+        raise ValueError(f"x must have rank >= 2 (batch and channel axes), got shape {shape}")
+    ax = _checks.normalize_axis(axis, len(shape))
+    if ax == 0:
+        raise ValueError("axis must not be the batch axis 0")
+    return math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1 :])
+
+
+def _check_channel_vector(name: str, arr: Any, channels: int, dtype: np.dtype) -> None:
+    if arr is not None:
+        _checks.same_dtype(name, arr, dtype, "x")
+        _checks.shape_is(name, arr, (channels,), "one value per channel")
+
+
+def batch_norm(
+    x: Any,
+    weight: Any = None,
+    bias: Any = None,
+    running_mean: Any = None,
+    running_var: Any = None,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    axis: int = 1,
+) -> tuple[Any, Any, Any]:
+    """Batch normalization over every axis of ``x`` but the channel ``axis``.
+
+    ``y = (x - mean) * invstd * weight + bias`` with ``invstd = 1 / sqrt(var + eps)``.
+    Training uses the batch mean and biased variance and, when running statistics are
+    given, updates them in place with the unbiased variance:
+    ``running = (1 - momentum) * running + momentum * batch``. Eval uses the running
+    statistics. Semantics follow ``torch.nn.functional.batch_norm``.
+
+    Args:
+        x: input of rank >= 2, float32 or float64.
+        weight: per-channel scale ``(C,)`` or None (no affine scale).
+        bias: per-channel shift ``(C,)`` or None.
+        running_mean: ``(C,)`` running mean, updated in place when training, or None.
+        running_var: ``(C,)`` running variance, updated in place when training, or None.
+        training: normalize with batch statistics (True) or running statistics (False).
+        momentum: weight of the batch statistics in the running update, in [0, 1].
+        eps: added to the variance for stability, > 0.
+        axis: the channel axis: 1 for NCHW-style, -1 for channels-last.
+
+    Returns:
+        ``(y, mean, invstd)``: the output (same shape, C-contiguous) and the per-channel
+        statistics used, as saved for :func:`batch_norm_backward`.
+
+    Raises:
+        TypeError: non-float or mixed dtypes, unsupported array types, host and device
+            arrays mixed.
+        ValueError: rank < 2, channel counts that disagree, eps <= 0, momentum outside
+            [0, 1], one value per channel in training, eval without running statistics.
+            Nothing is modified when an error is raised.
+
+    Example:
+        >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4), dtype=np.float32)
+        >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+        >>> y, mean, invstd = batch_norm(x, None, None, rm, rv, training=True)
+        >>> bool(abs(y.mean()) < 1e-5)
+        True
+    """
+    named = {"x": x, "weight": weight, "bias": bias}
+    named.update(running_mean=running_mean, running_var=running_var)
+    backend = backend_of(named.items())
+    shape = tuple(x.shape)
+    outer, channels, inner = _channel_layout(shape, axis)
+    dtype = _checks.float_dtype("x", x)
+    for name, arr in (
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
+        _check_channel_vector(name, arr, channels, dtype)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    training = bool(training)
+    eps = _checks.positive("eps", eps)
+    momentum = _checks.in_unit_interval("momentum", momentum)
+    count = outer * inner
+    if training and count == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {shape}"
+        )
+    if not training and running_mean is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    call = call_for(backend, x)
+    update = training and running_mean is not None
+    if update:
+        call.check_inplace("running_mean", running_mean)
+        call.check_inplace("running_var", running_var)
+
+    # Everything is validated: from here on the call cannot fail on its arguments.
+    y_out, y = call.empty(shape, dtype)
+    mean_out, mean = call.empty((channels,), dtype)
+    invstd_out, invstd = call.empty((channels,), dtype)
+    if count == 0:
+        # An empty batch, as in torch: nothing to normalize, running statistics unchanged.
+        for out in (mean_out, invstd_out):
+            copy_into(out, np.full(channels, math.nan, dtype=dtype))
+        return y_out, mean_out, invstd_out
+    w = call.full((channels,), 1.0, dtype) if weight is None else call.contiguous(weight)
+    b = call.full((channels,), 0.0, dtype) if bias is None else call.contiguous(bias)
+    writebacks = []
+    if running_mean is None:
+        rm, rv = mean, invstd  # never read or written: update is False in training
+    elif update:
+        rm, wb_mean = call.inplace(running_mean)
+        rv, wb_var = call.inplace(running_var)
+        writebacks = [wb for wb in (wb_mean, wb_var) if wb is not None]
+    else:
+        rm, rv = call.contiguous(running_mean), call.contiguous(running_var)
+    x3 = call.contiguous(x).reshape(outer, channels, inner)
+    _batchnorm_kernels(backend).batch_norm_forward(
+        x3,
+        w,
+        b,
+        rm,
+        rv,
+        y.reshape(outer, channels, inner),
+        mean,
+        invstd,
+        training,
+        update,
+        momentum,
+        eps,
+        stream=call.stream,
+    )
+    for writeback in writebacks:
+        writeback()
+    return y_out, mean_out, invstd_out
+
+
+def batch_norm_backward(
+    dy: Any,
+    x: Any,
+    weight: Any,
+    mean: Any,
+    invstd: Any,
+    *,
+    training: bool = True,
+    axis: int = 1,
+) -> tuple[Any, Any | None, Any | None]:
+    """Gradients of :func:`batch_norm` with respect to ``x``, ``weight`` and ``bias``.
+
+    With ``xhat = (x - mean) * invstd`` and ``n`` values per channel:
+    ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)``; in training (statistics of the
+    batch, differentiated through) ``dx = weight * invstd * (dy - dbias/n - xhat *
+    dweight/n)``; in eval (fixed running statistics) ``dx = dy * weight * invstd``.
+
+    Args:
+        dy: gradient of the output, same shape and dtype as ``x``.
+        x: the forward input.
+        weight: the forward ``weight`` ``(C,)``, or None when there was no affine.
+        mean: the ``mean`` returned by the forward call.
+        invstd: the ``invstd`` returned by the forward call.
+        training: whether the forward call normalized with batch statistics.
+        axis: the channel axis used in the forward call.
+
+    Returns:
+        ``(dx, dweight, dbias)``; ``dweight`` and ``dbias`` are None when ``weight`` is.
+
+    Raises:
+        TypeError: non-float or mixed dtypes, unsupported array types, mixed devices.
+        ValueError: shapes that disagree with ``x`` or its channel count.
+
+    Example:
+        >>> x = np.random.default_rng(0).standard_normal((8, 3), dtype=np.float32)
+        >>> w = np.ones(3, np.float32)
+        >>> y, mean, invstd = batch_norm(x, w, None)
+        >>> dx, dw, db = batch_norm_backward(np.ones_like(x), x, w, mean, invstd)
+        >>> bool(np.abs(dx).max() < 1e-5)  # a constant gradient is normalized away
+        True
+    """
+    backend = backend_of(
+        (("dy", dy), ("x", x), ("weight", weight), ("mean", mean), ("invstd", invstd))
+    )
+    shape = tuple(x.shape)
+    outer, channels, inner = _channel_layout(shape, axis)
+    dtype = _checks.float_dtype("x", x)
+    _checks.same_dtype("dy", dy, dtype, "x")
+    _checks.shape_is("dy", dy, shape, "the shape of x")
+    for name, arr in (("weight", weight), ("mean", mean), ("invstd", invstd)):
+        if arr is None and name != "weight":
+            raise TypeError(f"{name} is required (pass the value returned by batch_norm)")
+        _check_channel_vector(name, arr, channels, dtype)
+    call = call_for(backend, x)
+
+    dx_out, dx = call.empty(shape, dtype)
+    dweight_out, dweight = call.empty((channels,), dtype)
+    dbias_out, dbias = call.empty((channels,), dtype)
+    if outer * inner == 0:
+        for out in (dweight_out, dbias_out):
+            copy_into(out, np.zeros(channels, dtype=dtype))
+    else:
+        view3 = (outer, channels, inner)
+        w = call.full((channels,), 1.0, dtype) if weight is None else call.contiguous(weight)
+        _batchnorm_kernels(backend).batch_norm_backward(
+            call.contiguous(dy).reshape(view3),
+            call.contiguous(x).reshape(view3),
+            w,
+            call.contiguous(mean),
+            call.contiguous(invstd),
+            dx.reshape(view3),
+            dweight,
+            dbias,
+            bool(training),
+            stream=call.stream,
+        )
+    if weight is None:
+        return dx_out, None, None
+    return dx_out, dweight_out, dbias_out
