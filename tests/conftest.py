@@ -14,6 +14,8 @@ def _has_nvidia_gpu() -> bool:
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_nvidia_gpu():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 from helpers import CUDASIM, cuda_skip_reason  # noqa: E402
 
@@ -23,6 +25,9 @@ def pytest_configure(config):
         import _cudasim
 
         _cudasim.install()
+        # The simulator runs a Python thread per CUDA thread; switching between them more
+        # often makes barrier-heavy kernels finish sooner.
+        sys.setswitchinterval(2e-4)
 
 
 @pytest.fixture

@@ -154,7 +154,9 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_import_is_silent_and_light():
-    done = _run_python("import sys, pyopt; print(sorted(m for m in ('numba', 'numba.cuda') if m in sys.modules))")
+    done = _run_python(
+        "import sys, pyopt; print(sorted(m for m in ('numba', 'numba.cuda') if m in sys.modules))"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[]\n" and done.stderr == ""
 

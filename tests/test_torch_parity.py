@@ -86,7 +86,9 @@ def test_layer_matches_torch(backend, dtype, config, layout):
             if ref.affine:
                 n = x.size // channels
                 gtol = tol * max(1.0, np.sqrt(n))
-                assert_close(ours.weight_grad, ref.weight.grad.numpy(), dtype, gtol, f"dweight {what}")
+                assert_close(
+                    ours.weight_grad, ref.weight.grad.numpy(), dtype, gtol, f"dweight {what}"
+                )
                 assert_close(ours.bias_grad, ref.bias.grad.numpy(), dtype, gtol, f"dbias {what}")
                 ref.weight.grad = ref.bias.grad = None
             else:
@@ -98,7 +100,9 @@ def test_layer_matches_torch(backend, dtype, config, layout):
                 if key == "num_batches_tracked":
                     assert int(got_state[key]) == int(value)
                 else:
-                    assert_close(got_state[key], value, dtype, scale_tol=tol * 2, what=f"{key} {what}")
+                    assert_close(
+                        got_state[key], value, dtype, scale_tol=tol * 2, what=f"{key} {what}"
+                    )
 
 
 def test_functional_matches_torch_functional(backend):

@@ -1,0 +1,1 @@
+"""Benchmarks: one module per kernel family; results under ``bench/results/``."""

@@ -1,0 +1,140 @@
+"""Shared benchmark helpers: interleaved timing, percentiles, bandwidth probe, machine info."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, block: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each function: ``repeats`` timed calls each, in rounds.
+
+    Each round runs every function for ``warmup`` untimed calls and then ``block`` timed
+    ones, rotating the order between rounds, so that a slow phase of a shared (noisy)
+    machine hits all of them alike. Calls of one function are kept together because
+    thread pools of different runtimes (torch's OpenMP, Numba's) spin for a while after a
+    parallel region and would slow whichever call came right after another runtime's.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rounds = -(-repeats // block)
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            for _ in range(warmup):
+                fns[name]()
+            for _ in range(min(block, repeats - len(times[name]))):
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """``{"p20", "p50", "p80"}`` of a list of seconds, in milliseconds."""
+    p20, p50, p80 = np.percentile(np.asarray(seconds) * 1e3, [20, 50, 80])
+    return {"p20": float(p20), "p50": float(p50), "p80": float(p80)}
+
+
+@njit(parallel=True, cache=True)
+def _scale_copy(a, b):  # b = 3 * a: one read and one write stream
+    for i in prange(a.size):
+        b[i] = 3.0 * a[i]
+
+
+@njit(parallel=True, cache=True)
+def _triad(a, b, c):  # c = a + 3 * b: two read streams and one write stream
+    for i in prange(a.size):
+        c[i] = a[i] + 3.0 * b[i]
+
+
+def bandwidth_probe(nbytes: int = 256 << 20, repeats: int = 15) -> dict[str, float]:
+    """Memory bandwidth of Numba parallel copy and triad kernels (median GB/s).
+
+    Counted bytes are the ones the kernels name (copy: 2 arrays, triad: 3 arrays); the
+    read-for-ownership of the written lines is not counted, as in STREAM.
+    """
+    n = nbytes // 4
+    a = np.ones(n, np.float32)
+    b = np.ones(n, np.float32)
+    c = np.ones(n, np.float32)
+    times = interleaved(
+        {"copy": lambda: _scale_copy(a, b), "triad": lambda: _triad(a, b, c)}, repeats
+    )
+    return {
+        "copy_gbs": 2 * a.nbytes / np.median(times["copy"]) / 1e9,
+        "triad_gbs": 3 * a.nbytes / np.median(times["triad"]) / 1e9,
+        "array_mib": a.nbytes / 2**20,
+        "threads": numba.get_num_threads(),
+    }
+
+
+def _cpu_model() -> dict[str, str]:
+    fields = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model_name": platform.processor() or platform.machine()}
+    for key, name in (
+        ("model name", "model_name"),
+        ("cpu family", "family"),
+        ("model", "model"),
+        ("stepping", "stepping"),
+        ("cache size", "cache_size"),
+    ):
+        match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if match:
+            fields[name] = match.group(1).strip()
+    return fields
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, or None (no git, or nothing committed yet)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def machine_info() -> dict[str, object]:
+    """CPU, core count, library versions, git commit and a UTC timestamp."""
+    import torch
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def machine_tag(info: dict[str, object]) -> str:
+    """Short file-name tag for a machine, e.g. ``amd-epyc-2c``."""
+    name = str(info["cpu"].get("model_name", "cpu"))  # type: ignore[union-attr]
+    name = re.sub(r"\(R\)|\(TM\)|CPU|Processor|\d+-Core", " ", name, flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "cpu"
+    return f"{slug}-{info['cores']}c"

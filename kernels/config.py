@@ -1,0 +1,42 @@
+"""Launch and tuning parameters for every kernel, in one place.
+
+Launchers read these module attributes at call time (never at import), so tests can
+shrink them (``monkeypatch.setattr(config, "CUDA_THREADS", 32)``) to make tiny inputs
+span several blocks and partial blocks, and tuning is one edit here.
+"""
+
+# --- CUDA -------------------------------------------------------------------------
+
+# Threads per block of every CUDA kernel: a multiple of 32, at most 1024. Channels-last
+# reductions split them as (bx, CUDA_THREADS // bx) with bx = min(32, next_pow2(C)).
+CUDA_THREADS = 256
+# Blocks per SM the grids aim for: 2048 threads per SM on an H100 / 256. The reductions
+# split each channel into about SMs * this / C blocks, the elementwise passes grid-stride
+# over at most SMs * this blocks. ptxas gives the kernels 40-90 registers per thread
+# (the gate reports them), so 2-6 of these blocks are resident at once: the heavier
+# kernels run in a few full waves, each thread keeping 4-8 loads in flight.
+CUDA_BLOCKS_PER_SM = 8
+# SMs to size grids for; None asks the device (132 on an H100 SXM).
+CUDA_SM_COUNT = None
+# Fewest elements per channel one reduction block is given (below this, splitting a
+# channel over more blocks costs more in partials and launch tails than it gains).
+CUDA_MIN_CHUNK = 4096
+# threadIdx.y extent of the finalize kernels' (32, rows) blocks: partials merged in
+# parallel per channel.
+CUDA_FINALIZE_ROWS = 8
+
+# --- CPU --------------------------------------------------------------------------
+
+# Elements per NCHW unit: a contiguous piece of one (n, c) row, reduced in registers and
+# merged into its channel's float64 partial (a second pass, from L1, only when its
+# provisional mean was far off). 4096 float32 = 16 KiB; 1024-8192 measured alike.
+CPU_CHUNK = 4096
+# Channels-last loops run over periods of R rows (R a power of two, R * C <= CPU_PERIOD
+# elements when C allows): flat loops over per-column parameters and accumulators tiled
+# R times. 1024 keeps those few tiled arrays in L1: of 128-8192, 512-1024 was fastest.
+CPU_PERIOD = 1024
+# Channels-last statistics block in elements (whole periods): merged into float64
+# partials as one piece, and passed again (from L2: 64 Ki float32 = 256 KiB) when its
+# provisional means were far off; also how many elements the backward sums add in
+# x.dtype before folding into float64 totals.
+CPU_BLOCK = 65536

@@ -1,0 +1,190 @@
+"""Registry of every CUDA kernel and the signatures it is launched with; the PTX gate.
+
+``KERNELS`` has one row per kernel: its module, its name, its signature with ``{t}``
+standing for each dtype it is launched with. Adding a kernel adds a row here. The gate
+compiles every (kernel, dtype) to PTX for ``CC`` (sm_90, the H100) with the real
+numba-cuda compiler, which needs no GPU, and checks the PTX:
+
+* float32 kernels contain no double-precision type or register (``.f64``, ``%fd``): a
+  Python float literal or an int64/float32 mix silently computes in float64;
+* no kernel uses local memory (``.local``): the per-thread register arrays of the
+  unrolled loops must live in registers;
+* ptxas (run through nvJitLink, also without a GPU, where ``cuda.bindings`` has it)
+  spills nothing; its register count is reported.
+
+It also lists ``@cuda.jit`` kernels of the registry's modules that have no row.
+
+    python -m pyopt.kernels.cuda.gate    # JSON report on stdout; exit status 1 on failure
+
+Run it with ``NUMBA_ENABLE_CUDASIM`` unset: the simulator has no compiler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+CC = (9, 0)
+_PACKAGE = "pyopt.kernels.cuda"
+_F32_F64 = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A kernel (``module.name`` under ``pyopt.kernels.cuda``) and how it is launched."""
+
+    module: str
+    name: str
+    signature: str  # numba signature, "{t}" for the dtype
+    dtypes: tuple[str, ...] = _F32_F64
+
+    @property
+    def id(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+def _sig(*args: str) -> str:
+    return f"void({', '.join(args)})"
+
+
+# Argument types, "{t}" standing for the dtype: contiguous 1-D and 3-D arrays, a scalar.
+_A1, _A3, _T = "{t}[::1]", "{t}[:, :, ::1]", "{t}"
+_I, _B, _DIMS = "int64", "boolean", "UniTuple(int64, 4)"
+
+KERNELS: tuple[KernelSpec, ...] = (
+    KernelSpec("batchnorm", "_bn_stats_nchw_kernel", _sig(_A1, _A3, _I, _I)),
+    KernelSpec("batchnorm", "_bn_stats_cl_kernel", _sig(_A1, _A3, _I)),
+    KernelSpec(
+        "batchnorm", "_bn_stats_finalize_kernel", _sig(_A3, _A1, _A1, _A1, _A1, _B, _B, _T, _T)
+    ),
+    KernelSpec("batchnorm", "_bn_normalize_kernel", _sig(_A1, _A1, _A1, _A1, _A1, _A1, _I)),
+    KernelSpec("batchnorm", "_bn_grad_nchw_kernel", _sig(_A1, _A1, _A1, _A3, _I, _I)),
+    KernelSpec("batchnorm", "_bn_grad_cl_kernel", _sig(_A1, _A1, _A1, _A3, _I)),
+    KernelSpec("batchnorm", "_bn_grad_finalize_kernel", _sig(_A3, _A1, _A1, _A1)),
+    KernelSpec("batchnorm", "_bn_dx_kernel", _sig(*[_A1] * 8, _I, _T, _B)),
+    KernelSpec("copy", "_gather_kernel", _sig(_A1, _A1, _DIMS, _DIMS, _I)),
+)
+
+
+def cases(kernels=KERNELS) -> list[tuple[str, str, str]]:
+    """``(kernel id, dtype, signature)`` of every compile the gate makes."""
+    return [(k.id, t, k.signature.format(t=t)) for k in kernels for t in k.dtypes]
+
+
+def kernel(kernel_id: str):
+    """The kernel object (a numba dispatcher) registered as ``kernel_id``."""
+    module, name = kernel_id.rsplit(".", 1)
+    return getattr(importlib.import_module(f"{_PACKAGE}.{module}"), name)
+
+
+_F64 = re.compile(r"\.f64\b|%fd\d")
+_LOCAL = re.compile(r"\.local\b")
+
+
+def _instructions(ptx: str) -> list[str]:
+    return [s for s in (line.strip() for line in ptx.splitlines()) if s and not s.startswith("//")]
+
+
+def check_ptx(ptx: str, dtype: str) -> dict[str, list[str]]:
+    """The offending PTX lines: ``{"f64": [...], "local": [...]}`` (empty lists pass)."""
+    lines = _instructions(ptx)
+    f64 = [s for s in lines if _F64.search(s)] if dtype == "float32" else []
+    return {"f64": f64, "local": [s for s in lines if _LOCAL.search(s)]}
+
+
+_PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
+_PTXAS_FRAME = re.compile(
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+)
+
+
+def ptxas_info(ptx: str) -> dict[str, int] | None:
+    """ptxas's resource use for the kernel in ``ptx`` on ``CC``, through nvJitLink.
+
+    ``{"registers", "stack_bytes", "spill_bytes"}``, or None where nvJitLink is missing.
+    """
+    try:
+        from cuda.bindings import nvjitlink
+
+        handle = nvjitlink.create(2, [f"-arch=sm_{CC[0]}{CC[1]}", "-Xptxas=-v"])
+    except Exception:  # no cuda.bindings, or no libnvJitLink: the PTX checks still run
+        return None
+    try:
+        data = ptx.encode()
+        nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
+        nvjitlink.complete(handle)
+        log = bytearray(nvjitlink.get_info_log_size(handle))
+        nvjitlink.get_info_log(handle, log)
+    finally:
+        nvjitlink.destroy(handle)
+    text = log.decode(errors="replace")
+    frame = _PTXAS_FRAME.search(text)
+    return {
+        "registers": int(_PTXAS_REGISTERS.search(text)[1]),
+        "stack_bytes": int(frame[1]),
+        "spill_bytes": int(frame[2]) + int(frame[3]),
+    }
+
+
+def compile_case(pyfunc, signature: str, dtype: str) -> dict:
+    """Compile ``pyfunc`` (a kernel's Python function) for ``CC`` and check the result."""
+    from numba import cuda
+
+    try:
+        ptx, _ = cuda.compile_ptx(pyfunc, signature, cc=CC)
+        ptxas = ptxas_info(ptx)
+    except Exception as exc:  # reported, not raised: one report covers every kernel
+        return {"error": f"{type(exc).__name__}: {exc}", "f64": [], "local": [], "ptxas": None}
+    return {"error": None, **check_ptx(ptx, dtype), "ptxas": ptxas}
+
+
+def unregistered(kernels=KERNELS) -> list[str]:
+    """``@cuda.jit`` kernels (not device functions) of the registry's modules with no row."""
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    known = {k.id for k in kernels}
+    missing = []
+    for module in sorted({k.module for k in kernels}):
+        for name, obj in vars(importlib.import_module(f"{_PACKAGE}.{module}")).items():
+            is_kernel = isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device")
+            if is_kernel and f"{module}.{name}" not in known:
+                missing.append(f"{module}.{name}")
+    return missing
+
+
+def run(kernels=KERNELS) -> dict:
+    """Compile every registered (kernel, dtype); ``{"cases": [...], "unregistered": [...]}``."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        raise RuntimeError("the PTX gate needs the real compiler: unset NUMBA_ENABLE_CUDASIM")
+    results = []
+    for kernel_id, dtype, signature in cases(kernels):
+        result = compile_case(kernel(kernel_id).py_func, signature, dtype)
+        results.append({"kernel": kernel_id, "dtype": dtype, "signature": signature, **result})
+    return {"cases": results, "unregistered": unregistered(kernels)}
+
+
+def passed(case: dict) -> bool:
+    """Whether one compile passed every check."""
+    spilled = case["ptxas"] is not None and (
+        case["ptxas"]["spill_bytes"] or case["ptxas"]["stack_bytes"]
+    )
+    return not (case["error"] or case["f64"] or case["local"] or spilled)
+
+
+def failed(report: dict) -> bool:
+    return bool(report["unregistered"]) or not all(passed(c) for c in report["cases"])
+
+
+def main() -> int:
+    report = run()
+    json.dump(report, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 1 if failed(report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

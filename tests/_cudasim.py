@@ -1,0 +1,135 @@
+"""Numba CUDA simulator support: the warp intrinsics our kernels use, and tiny launches.
+
+The simulator (``NUMBA_ENABLE_CUDASIM=1``) runs each CUDA thread as a Python thread, one
+block at a time, but its ``FakeCUDAModule`` has no warp shuffles. ``install()`` adds
+``shfl_sync``, ``shfl_up_sync``, ``shfl_down_sync``, ``shfl_xor_sync`` and ``syncwarp``
+with the hardware semantics (``__shfl_*_sync`` with ``width = 32``):
+
+* every lane of the warp publishes its value in a per-warp buffer, waits on a per-warp
+  barrier and reads its source lane's value (two buffers used in turn);
+* a source lane outside ``[0, 32)`` gives the caller its own value, like the hardware;
+* only the full mask ``0xFFFFFFFF`` is supported.
+
+Constraint (the same one the kernels document in ``kernels/cuda/_reduce.py``): every
+lane of a warp must call the shuffle together, so no early ``return`` and no branch that
+splits a warp before a reduction; a block's thread count must be a multiple of 32 (a
+shuffle that reads a lane the block does not have raises). A warp whose lanes do not all
+arrive fails with a ``RuntimeError`` after ``_BARRIER_TIMEOUT_S`` instead of hanging.
+
+``SMALL_LAUNCH`` shrinks ``pyopt.kernels.config`` so that inputs of a few hundred
+elements span several blocks, partial blocks, several partials per channel and several
+grid-stride iterations (apply with ``monkeypatch.setattr``; see ``conftest.small_launch``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+WARP_SIZE = 32
+FULL_MASK = 0xFFFFFFFF
+_BARRIER_TIMEOUT_S = 60.0
+
+SMALL_LAUNCH = {
+    "CUDA_THREADS": 64,  # two warps: exercises the cross-warp step of block reductions
+    "CUDA_BLOCKS_PER_SM": 2,
+    "CUDA_SM_COUNT": 2,  # 4 resident blocks: several partials per channel when C < 4
+    "CUDA_MIN_CHUNK": 8,
+    "CUDA_FINALIZE_ROWS": 2,  # (32, 2) finalize blocks: two warps, two partials per pass
+}
+
+_lock = threading.Lock()
+
+
+class _Warp:
+    """Exchange buffers and barrier shared by the lanes of one warp of the running block.
+
+    Two buffers used alternately make one barrier per exchange enough: a lane can write
+    exchange k + 2 only after every lane has reached exchange k + 1, that is, after
+    every lane has read exchange k.
+    """
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+        self.buffers = ([None] * lanes, [None] * lanes)
+        self.count = [0] * lanes  # exchanges made so far, per lane
+        self.barrier = threading.Barrier(lanes)
+
+    def exchange(self, name: str, lane: int, value, src: int):
+        slots = self.buffers[self.count[lane] % 2]
+        self.count[lane] += 1
+        slots[lane] = value
+        try:
+            self.barrier.wait(timeout=_BARRIER_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            raise RuntimeError(
+                f"cuda.{name}: not every lane of the warp reached it (a divergent warp, or "
+                "a thread that returned early)"
+            ) from None
+        if not 0 <= src < WARP_SIZE:
+            return value
+        if src >= self.lanes:
+            raise RuntimeError(
+                f"cuda.{name}: lane {lane} reads lane {src}, which this block does not have "
+                "(blocks must have a multiple of 32 threads)"
+            )
+        return slots[src]
+
+
+def _warp(module, warp_id: int) -> _Warp:
+    # One FakeCUDAModule per launch and one block running at a time: the warps of a
+    # module are those of its running block (a block leaves them reusable by the next).
+    with _lock:
+        warps = module.__dict__.setdefault("_pyopt_warps", {})
+        if warp_id not in warps:
+            block = module.blockDim
+            nthreads = block.x * block.y * block.z
+            warps[warp_id] = _Warp(min(WARP_SIZE, nthreads - warp_id * WARP_SIZE))
+        return warps[warp_id]
+
+
+def _exchange(module, name, mask, value, source_lane):
+    if mask & FULL_MASK != FULL_MASK:
+        raise NotImplementedError(f"cuda.{name}: the simulator supports the full mask only")
+    warp_id, lane = divmod(threading.current_thread().thread_id, WARP_SIZE)
+    return _warp(module, warp_id).exchange(name, lane, value, source_lane(lane))
+
+
+def _shfl_sync(self, mask, value, src_lane):
+    return _exchange(self, "shfl_sync", mask, value, lambda lane: src_lane % WARP_SIZE)
+
+
+def _shfl_up_sync(self, mask, value, delta):
+    return _exchange(self, "shfl_up_sync", mask, value, lambda lane: lane - delta)
+
+
+def _shfl_down_sync(self, mask, value, delta):
+    return _exchange(self, "shfl_down_sync", mask, value, lambda lane: lane + delta)
+
+
+def _shfl_xor_sync(self, mask, value, lane_mask):
+    return _exchange(self, "shfl_xor_sync", mask, value, lambda lane: lane ^ lane_mask)
+
+
+def _syncwarp(self, mask=FULL_MASK):
+    _exchange(self, "syncwarp", mask, None, lambda lane: lane)
+
+
+_INTRINSICS = {
+    "shfl_sync": _shfl_sync,
+    "shfl_up_sync": _shfl_up_sync,
+    "shfl_down_sync": _shfl_down_sync,
+    "shfl_xor_sync": _shfl_xor_sync,
+    "syncwarp": _syncwarp,
+}
+
+
+def install() -> None:
+    """Add the warp intrinsics to the simulator's ``FakeCUDAModule`` (idempotent).
+
+    Intrinsics the simulator already provides are left alone.
+    """
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+
+    for name, function in _INTRINSICS.items():
+        if not hasattr(FakeCUDAModule, name):
+            setattr(FakeCUDAModule, name, function)
