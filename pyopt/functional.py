@@ -92,9 +92,15 @@ def batch_norm(
         >>> bool(abs(y.mean()) < 1e-5)
         True
     """
-    named = {"x": x, "weight": weight, "bias": bias}
-    named.update(running_mean=running_mean, running_var=running_var)
-    backend = backend_of(named.items())
+    backend = backend_of(
+        {
+            "x": x,
+            "weight": weight,
+            "bias": bias,
+            "running_mean": running_mean,
+            "running_var": running_var,
+        }.items()
+    )
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
     dtype = _checks.float_dtype("x", x)

@@ -8,8 +8,6 @@ tiny chunks), under which each case below spans the paths its comment names.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import reference
@@ -39,25 +37,6 @@ TRAIN_CASES = [
     ((65, 1, 1), "channels-last: C=1 (bx=1, whole-warp reduction)"),
     ((2, 33, 1), "channels-last: one row per block"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _simulator():
-    """Install the warp intrinsics, and hand the GIL round faster between the threads.
-
-    The simulator's block manager polls in a busy loop; at every barrier each simulated
-    thread waits for the interpreter's switch interval (5 ms by default) to get the GIL.
-    """
-    if not CUDASIM:
-        yield
-        return
-    import _cudasim
-
-    _cudasim.install()
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(2e-4)
-    yield
-    sys.setswitchinterval(interval)
 
 
 def _inputs(shape, dtype, seed=0, loc=3.0, scale=2.0):
