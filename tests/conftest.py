@@ -45,9 +45,16 @@ def small_launch(monkeypatch):
 def backend(request):
     """Each backend-agnostic test runs on the CPU and on CUDA (GPU or simulator)."""
     if request.param == "cuda":
-        reason = cuda_skip_reason()
-        if reason is not None:
-            pytest.skip(reason)
-        if CUDASIM:
-            request.getfixturevalue("small_launch")
+        return request.getfixturevalue("cuda_backend")
     return request.param
+
+
+@pytest.fixture
+def cuda_backend(request):
+    """ "cuda", for tests of CUDA-only behaviour (GPU or simulator)."""
+    reason = cuda_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    if CUDASIM:
+        request.getfixturevalue("small_launch")
+    return "cuda"

@@ -254,9 +254,9 @@ def _same_view(device_base, host_base, host_view):
     return device_base[:, ::2, :, :]
 
 
-def test_cuda_running_stats_must_be_contiguous(backend):
-    if backend == "cpu":
-        pytest.skip("CPU updates non-contiguous running stats through a copy (tested above)")
+@pytest.mark.sim
+def test_cuda_running_stats_must_be_contiguous(cuda_backend):
+    backend = cuda_backend  # the CPU updates strided running stats through a copy (above)
     x = to_backend(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), backend)
     rm = to_backend(np.zeros(6, np.float32), backend)[::2]
     rv = to_backend(np.ones(3, np.float32), backend)
@@ -352,9 +352,9 @@ def test_bad_backward_arguments(backend):
         batch_norm_backward(x, x, ones, None, ones)
 
 
-def test_mixing_host_and_device_arrays_is_a_type_error(backend):
-    if backend == "cpu":
-        pytest.skip("needs a device array to mix with a host array")
+@pytest.mark.sim
+def test_mixing_host_and_device_arrays_is_a_type_error(cuda_backend):
+    backend = cuda_backend
     x = to_backend(np.ones((4, 3), np.float32), backend)
     with pytest.raises(TypeError, match="weight"):
         batch_norm(x, np.ones(3, np.float32))

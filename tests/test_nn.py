@@ -114,9 +114,9 @@ def test_layer_argument_errors():
         bn(np.ones((2, 3, 2, 2), np.float64))
 
 
-def test_device_mismatch_names_x(backend):
-    if backend == "cpu":
-        pytest.skip("needs CUDA to have a mismatch")
+@pytest.mark.sim
+def test_device_mismatch_names_x(cuda_backend):
+    backend = cuda_backend
     bn = BatchNorm1d(3, device="cpu")
     with pytest.raises(TypeError, match="x is a CUDA array"):
         bn(to_backend(np.ones((4, 3), np.float32), backend))
