@@ -148,9 +148,6 @@ class CpuCall:
     library = "numpy"
     stream = None
 
-    def view(self, arr: np.ndarray) -> np.ndarray:
-        return arr
-
     def contiguous(self, arr: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(arr)
 
