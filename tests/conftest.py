@@ -5,6 +5,7 @@ the top of the first module pytest loads. An explicit value in the environment w
 """
 
 import os
+import sys
 
 
 def _has_nvidia_gpu() -> bool:
@@ -13,8 +14,6 @@ def _has_nvidia_gpu() -> bool:
 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_nvidia_gpu():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 from helpers import CUDASIM, cuda_skip_reason  # noqa: E402
@@ -51,7 +50,7 @@ def backend(request):
 
 @pytest.fixture
 def cuda_backend(request):
-    """ "cuda", for tests of CUDA-only behaviour (GPU or simulator)."""
+    """The backend name "cuda", for tests of CUDA-only behaviour (GPU or simulator)."""
     reason = cuda_skip_reason()
     if reason is not None:
         pytest.skip(reason)

@@ -34,33 +34,21 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from pyopt.kernels import config
+from pyopt.kernels import config, rules
 
 # Reassociation lets float reductions vectorize. No nnan/ninf: NaN and inf must propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+# The shared scalar rules (kernels/rules.py), compiled for the CPU.
+_chan_merge = njit(inline="always", cache=True)(rules.chan_merge)
+_running_update = njit(inline="always", cache=True)(rules.running_update)
+_normalized = njit(inline="always", cache=True)(rules.normalized)
 
 
 @njit(inline="always", cache=True)
 def _partition(total, parts, i):
     """Bounds ``(lo, hi)`` of the i-th of ``parts`` near-equal contiguous ranges of ``total``."""
     return total * i // parts, total * (i + 1) // parts
-
-
-@njit(inline="always", cache=True)
-def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Count, mean and M2 of the union of two partials (Chan, Golub & LeVeque).
-
-    ``n = n_a + n_b``, ``delta = mean_b - mean_a``, ``mean = mean_a + delta * n_b / n``,
-    ``M2 = M2_a + M2_b + delta² * n_a * n_b / n``. All arguments float64.
-    """
-    if n_b == 0.0:
-        return n_a, mean_a, m2_a
-    if n_a == 0.0:
-        return n_b, mean_b, m2_b
-    n = n_a + n_b
-    f = n_b / n
-    delta = mean_b - mean_a
-    return n, mean_a + delta * f, m2_a + m2_b + delta * delta * n_a * f
 
 
 @njit(inline="always", cache=True)
@@ -79,13 +67,6 @@ def _corrected_moments(n, k, sum_d, sum_d2):
     """Mean and M2 from the deviations d = x - k: ``k + Σd / n``, ``Σd² - (Σd)² / n``."""
     sd = np.float64(sum_d)
     return np.float64(k) + sd / n, np.float64(sum_d2) - sd * sd / n
-
-
-@njit(inline="always", cache=True)
-def _normalized(xv, m, scale, shift):
-    """``y = (x - mean) * scale + shift`` with ``scale = invstd * weight``, ``shift = bias``;
-    ``x - mean`` is formed first, so a mean far larger than the spread costs no precision."""
-    return (xv - m) * scale + shift
 
 
 @njit(inline="always", cache=True)
@@ -281,8 +262,8 @@ def _finalize_statistics(
         mean[c] = mu_c
         invstd[c] = 1.0 / np.sqrt(var + eps)
         if update_running:
-            running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu_c
-            running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var * n / (n - 1.0)
+            running_mean[c] = _running_update(running_mean[c], mu_c, momentum)
+            running_var[c] = _running_update(running_var[c], var * n / (n - 1.0), momentum)
 
 
 @njit(cache=True)

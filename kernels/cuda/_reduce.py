@@ -27,26 +27,15 @@ for the pairwise merge; NVIDIA CUDA C++ Programming Guide, "Warp Shuffle Functio
 import numpy as np
 from numba import cuda
 
+from .. import rules
+
 WARP_SIZE = 32
 MAX_WARPS = 32  # 1024 threads per block at most: the size of the per-warp smem slots
 FULL_MASK = 0xFFFFFFFF
 
 
-@cuda.jit(device=True, inline="always")
-def welford_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Merge two (count, mean, M2) summaries; an empty summary (count 0) is the identity.
-
-    ``n = n_a + n_b``, ``δ = mean_b − mean_a``, ``mean = mean_a + δ·n_b/n``,
-    ``M2 = M2_a + M2_b + δ²·n_a·n_b/n`` (Chan et al.). Stable: no E[x²] − E[x]².
-    """
-    if n_b == np.float32(0):
-        return n_a, mean_a, m2_a
-    if n_a == np.float32(0):
-        return n_b, mean_b, m2_b
-    n = n_a + n_b
-    w = n_b / n
-    delta = mean_b - mean_a
-    return n, mean_a + delta * w, m2_a + m2_b + delta * delta * n_a * w
+# Chan's merge of two (count, mean, M2) summaries (kernels/rules.py), for the device.
+welford_merge = cuda.jit(device=True, inline="always")(rules.chan_merge)
 
 
 @cuda.jit(device=True, inline="always")

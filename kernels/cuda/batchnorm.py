@@ -40,7 +40,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .. import config
+from .. import config, rules
 from ._launch import resident_blocks
 from ._reduce import (
     MAX_WARPS,
@@ -63,6 +63,10 @@ _MAX_GRID_Y = 65535
 
 
 # --- device helpers ---------------------------------------------------------------
+
+# The shared scalar rules (kernels/rules.py), compiled for the device.
+_running_update = cuda.jit(device=True, inline="always")(rules.running_update)
+_normalized = cuda.jit(device=True, inline="always")(rules.normalized)
 
 
 @cuda.jit(device=True, inline="always")
@@ -243,9 +247,8 @@ def _bn_stats_finalize_kernel(
             mean[c] = mu
             invstd[c] = one / math.sqrt(m2 / n + eps)
             if update_running:
-                keep = one - momentum
-                running_mean[c] = keep * running_mean[c] + momentum * mu
-                running_var[c] = keep * running_var[c] + momentum * (m2 / (n - one))
+                running_mean[c] = _running_update(running_mean[c], mu, momentum)
+                running_var[c] = _running_update(running_var[c], m2 / (n - one), momentum)
     elif cuda.threadIdx.y == 0 and c < nch:
         mean[c] = running_mean[c]
         invstd[c] = one / math.sqrt(running_var[c] + eps)
@@ -282,7 +285,7 @@ def _bn_normalize_kernel(
             k = e + u * stride
             if k < total:
                 c = np.uint64(chans[u])
-                y[np.uint64(k)] = (vals[u] - mean[c]) * (invstd[c] * weight[c]) + bias[c]
+                y[np.uint64(k)] = _normalized(vals[u], mean[c], invstd[c] * weight[c], bias[c])
         e += _UNROLL * stride
 
 
