@@ -22,6 +22,16 @@ from ._launch import resident_blocks
 _RANK = 4  # dimensions gathered by one launch (after merging)
 
 
+@cuda.jit(device=True, inline="always")
+def _digits(v, n1, n2, n3):
+    """``v`` as mixed-radix digits ``(i0, i1, i2, i3)`` of a C-order ``(·, n1, n2, n3)``."""
+    i3 = v % n3
+    q = v // n3
+    i2 = q % n2
+    q //= n2
+    return q // n1, q % n1, i2, i3
+
+
 @cuda.jit
 def _gather_kernel(
     src,  # input, flat (span,): the memory the strided source touches, lowest address first
@@ -40,18 +50,8 @@ def _gather_kernel(
     total = dst.size
     e = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
     step = np.int64(cuda.gridDim.x) * cuda.blockDim.x
-    i3 = e % n3
-    q = e // n3
-    i2 = q % n2
-    q //= n2
-    i1 = q % n1
-    i0 = q // n1
-    d3 = step % n3
-    q = step // n3
-    d2 = q % n2
-    q //= n2
-    d1 = q % n1
-    d0 = q // n1
+    i0, i1, i2, i3 = _digits(e, n1, n2, n3)
+    d0, d1, d2, d3 = _digits(step, n1, n2, n3)
     while e < total:
         # unsigned indices: non-negative, and no negative-index wraparound code
         dst[np.uint64(e)] = src[np.uint64(offset + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3)]
