@@ -40,3 +40,22 @@ CPU_PERIOD = 1024
 # provisional means were far off; also how many elements the backward sums add in
 # x.dtype before folding into float64 totals.
 CPU_BLOCK = 65536
+
+# --- CPU optimizers ---------------------------------------------------------------
+
+# Elements per unit of work of the optimizer kernels: prange shares the units out to
+# the threads (contiguous runs of units), and each unit branches once on the variant
+# flags before its vectorized loop. The steps run at the memory floor for any value from
+# 16 Ki to 8 Mi (Adam, 16 Mi float32 params, 2 threads); 64 Ki keeps units balanced.
+CPU_OPTIM_CHUNK = 65536
+# Elements per grad_sumsq block (one float64 row of partial sums each). Fixed, so the
+# norm is the same whatever the thread count; 64 Ki float32 = 256 KiB per row (16 Mi
+# params: 256 rows for the host to add).
+CPU_SUMSQ_BLOCK = 65536
+
+# --- CUDA optimizers --------------------------------------------------------------
+
+# The optimizer kernels (kernels/cuda/optim.py) use CUDA_THREADS-thread blocks and grid-
+# stride over at most CUDA_SM_COUNT * CUDA_BLOCKS_PER_SM of them; grad_sumsq writes one
+# partial row per block, so these also set how many rows it returns. At 28-64 registers
+# (float32; the gate reports them) 4-8 of these 256-thread blocks are resident per SM.

@@ -9,6 +9,9 @@ Numba's on-disk CPU cache does not notice edits to this file (it checks only the
 the kernel it caches): clear ``kernels/cpu/__pycache__`` after changing a rule.
 """
 
+import math
+import types
+
 import numpy as np
 
 
@@ -38,3 +41,183 @@ def normalized(x, mean, scale, shift):
     """``y = (x − mean)·scale + shift`` with ``scale = invstd·weight``, ``shift = bias``;
     ``x − mean`` is formed first so that a mean far from zero costs no precision."""
     return (x - mean) * scale + shift
+
+
+def compiled(jit, fn, **helpers):
+    """``fn`` compiled by ``jit`` (``njit(inline="always")`` or a CUDA device ``jit``),
+    with the rules it calls bound to their compiled versions ``helpers``.
+
+    The rules call one another (``adam`` calls ``lerp`` and ``decayed_grad``) as plain
+    Python functions, which Numba resolves in the function's globals: the compiled
+    function is a copy of ``fn`` whose globals map those names to ``helpers``.
+    """
+    namespace = dict(fn.__globals__, **helpers)
+    clone = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__)
+    clone.__qualname__ = fn.__qualname__
+    clone.__doc__ = fn.__doc__
+    return jit(clone)
+
+
+# --- Optimizer update rules -------------------------------------------------------
+#
+# One function per algorithm: the update of one element, in the order of operations of
+# torch.optim's single-tensor implementation (torch 2.13), so that float32 results agree
+# to rounding. The public layer folds policy into the scalars it passes, computed in
+# float64 on the host and cast to the parameter dtype:
+#
+#   grad_mult      ±clip_coef / grad_scale (negative for maximize=True; 1 when unused):
+#                  torch negates the gradient first, and x·(−c) == −(x·c) exactly.
+#   neg_*          −lr, −lr/(1 − β1^t), ...: the signed multiplier of the final
+#                  ``param.add_/addcdiv_``.
+#   one_minus_*    1 − β etc., rounded once on the host like torch's Python-float values.
+#
+# Each returns the new values of everything it updates; arrays it does not use are
+# passed through unchanged by the kernels.
+
+
+def lerp(start, end, weight):
+    """torch.lerp: ``start + w·(end − start)`` for |w| < 0.5, else
+    ``end − (end − start)·(1 − w)`` (exact at w = 1)."""
+    if abs(weight) < np.float32(0.5):
+        return start + weight * (end - start)
+    return end - (end - start) * (np.float32(1) - weight)
+
+
+def decayed_grad(p, g, grad_mult, weight_decay):
+    """The gradient the rules use: ``g·grad_mult``, plus ``weight_decay·p`` (L2) when
+    weight_decay is non-zero (skipped at zero, so an infinite param does not make 0·inf)."""
+    g = g * grad_mult
+    if weight_decay != np.float32(0):
+        g = g + weight_decay * p
+    return g
+
+
+def adam(
+    p,
+    g,
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq,
+    grad_mult,
+    param_mult,
+    weight_decay,
+    beta1_weight,
+    beta2,
+    one_minus_beta2,
+    bias_correction2_sqrt,
+    eps,
+    neg_step_size,
+    amsgrad,
+):
+    """Adam / AdamW (torch ``_single_tensor_adam``).
+
+    ``p ← p·param_mult`` (AdamW's ``1 − lr·λ``; 1 for Adam), ``g ← g·grad_mult + λ·p``
+    (Adam's L2 term; λ = 0 for AdamW), ``m ← lerp(m, g, 1 − β1)``,
+    ``v ← v·β2 + (1 − β2)·g²``, ``v̂ ← max(v̂, v)`` with amsgrad,
+    ``p ← p − step_size·m / (√v / √(1 − β2^t) + ε)``, ``step_size = lr / (1 − β1^t)``.
+    """
+    p = p * param_mult
+    g = decayed_grad(p, g, grad_mult, weight_decay)
+    exp_avg = lerp(exp_avg, g, beta1_weight)
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    second = exp_avg_sq
+    if amsgrad:
+        # torch.maximum: a NaN on either side wins.
+        if exp_avg_sq > max_exp_avg_sq or exp_avg_sq != exp_avg_sq:
+            max_exp_avg_sq = exp_avg_sq
+        second = max_exp_avg_sq
+    denom = math.sqrt(second) / bias_correction2_sqrt + eps
+    p = p + neg_step_size * exp_avg / denom
+    return p, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+def sgd(
+    p,
+    g,
+    momentum_buffer,
+    grad_mult,
+    weight_decay,
+    momentum,
+    one_minus_dampening,
+    neg_lr,
+    first,
+    nesterov,
+):
+    """SGD with momentum (torch ``_single_tensor_sgd``); momentum = 0 means none.
+
+    ``g ← g·grad_mult + λ·p``; with momentum μ: ``b ← g`` on the buffer's first step, else
+    ``b ← μ·b + (1 − dampening)·g``; then ``g ← g + μ·b`` (Nesterov) or ``g ← b``;
+    ``p ← p − lr·g``.
+    """
+    g = decayed_grad(p, g, grad_mult, weight_decay)
+    if momentum != np.float32(0):
+        if first:
+            momentum_buffer = g
+        else:
+            momentum_buffer = momentum_buffer * momentum + one_minus_dampening * g
+        if nesterov:
+            g = g + momentum * momentum_buffer
+        else:
+            g = momentum_buffer
+    return p + neg_lr * g, momentum_buffer
+
+
+def adagrad(p, g, state_sum, grad_mult, weight_decay, eps, neg_clr):
+    """Adagrad (torch ``_single_tensor_adagrad``).
+
+    ``g ← g·grad_mult + λ·p``, ``s ← s + g²``, ``p ← p − clr·g / (√s + ε)`` with
+    ``clr = lr / (1 + (t − 1)·lr_decay)``.
+    """
+    g = decayed_grad(p, g, grad_mult, weight_decay)
+    state_sum = state_sum + g * g
+    return p + neg_clr * g / (math.sqrt(state_sum) + eps), state_sum
+
+
+def rmsprop(
+    p,
+    g,
+    square_avg,
+    grad_avg,
+    momentum_buffer,
+    grad_mult,
+    weight_decay,
+    alpha,
+    one_minus_alpha,
+    eps,
+    momentum,
+    neg_lr,
+    centered,
+):
+    """RMSprop (torch ``_single_tensor_rmsprop``); momentum = 0 means none.
+
+    ``g ← g·grad_mult + λ·p``, ``v ← α·v + (1 − α)·g²``; centered:
+    ``ḡ ← lerp(ḡ, g, 1 − α)``, ``a = √(v − ḡ²) + ε``, else ``a = √v + ε``; with momentum
+    μ: ``b ← μ·b + g/a``, ``p ← p − lr·b``, else ``p ← p − lr·g/a``.
+    """
+    g = decayed_grad(p, g, grad_mult, weight_decay)
+    square_avg = square_avg * alpha + one_minus_alpha * g * g
+    if centered:
+        grad_avg = lerp(grad_avg, g, one_minus_alpha)
+        avg = math.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = math.sqrt(square_avg) + eps
+    if momentum > np.float32(0):
+        momentum_buffer = momentum_buffer * momentum + g / avg
+        p = p + neg_lr * momentum_buffer
+    else:
+        p = p + neg_lr * g / avg
+    return p, square_avg, grad_avg, momentum_buffer
+
+
+def adadelta(p, g, square_avg, acc_delta, grad_mult, weight_decay, rho, one_minus_rho, eps, neg_lr):
+    """Adadelta (torch ``_single_tensor_adadelta``).
+
+    ``g ← g·grad_mult + λ·p``, ``v ← ρ·v + (1 − ρ)·g²``,
+    ``Δ = √(u + ε) / √(v + ε) · g``, ``u ← ρ·u + (1 − ρ)·Δ²``, ``p ← p − lr·Δ``.
+    """
+    g = decayed_grad(p, g, grad_mult, weight_decay)
+    square_avg = square_avg * rho + one_minus_rho * g * g
+    std = math.sqrt(square_avg + eps)
+    delta = math.sqrt(acc_delta + eps) / std * g
+    acc_delta = acc_delta * rho + one_minus_rho * delta * delta
+    return p + neg_lr * delta, square_avg, acc_delta

@@ -70,3 +70,157 @@ def batch_norm_backward(dy, x, weight, mean, invstd, training=True, axis=1):
     else:
         dx = g * w * invstd
     return _unrows(dx, np.shape(x), axis), dweight, dbias
+
+
+# --- Optimizers -------------------------------------------------------------------
+#
+# One step of each torch.optim rule in float64. ``p`` and ``g`` are arrays; ``state``
+# is a dict of float64 arrays (created on the first step) plus ``"step"``; the new
+# params are returned and ``state`` is updated. ``grad_mult`` multiplies the gradient
+# first (clipping coefficient / loss scale), as the fused kernels do.
+
+
+def _grad(p, g, state, maximize, weight_decay, grad_mult, decoupled=False):
+    g = np.asarray(g, np.float64) * grad_mult
+    if maximize:
+        g = -g
+    state["step"] = state.get("step", 0) + 1
+    if weight_decay and not decoupled:
+        g = g + weight_decay * p
+    return g
+
+
+def _zeros(state, p, *names):
+    for name in names:
+        state.setdefault(name, np.zeros_like(p, dtype=np.float64))
+
+
+def sgd(
+    p,
+    g,
+    state,
+    *,
+    lr=1e-3,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    maximize=False,
+    grad_mult=1.0,
+):
+    p = np.asarray(p, np.float64)
+    g = _grad(p, g, state, maximize, weight_decay, grad_mult)
+    if momentum:
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = g.copy()
+        else:
+            state["momentum_buffer"] = momentum * state["momentum_buffer"] + (1 - dampening) * g
+        g = g + momentum * state["momentum_buffer"] if nesterov else state["momentum_buffer"]
+    return p - lr * g
+
+
+def adam(
+    p,
+    g,
+    state,
+    *,
+    lr=1e-3,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    amsgrad=False,
+    maximize=False,
+    decoupled=False,
+    grad_mult=1.0,
+):
+    p = np.asarray(p, np.float64)
+    beta1, beta2 = betas
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    g = _grad(p, g, state, maximize, weight_decay, grad_mult, decoupled)
+    _zeros(state, p, "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    t = state["step"]
+    state["exp_avg"] = beta1 * state["exp_avg"] + (1 - beta1) * g
+    state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1 - beta2) * g * g
+    second = state["exp_avg_sq"]
+    if amsgrad:
+        state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], second)
+        second = state["max_exp_avg_sq"]
+    m_hat = state["exp_avg"] / (1 - beta1**t)
+    return p - lr * m_hat / (np.sqrt(second / (1 - beta2**t)) + eps)
+
+
+def adamw(p, g, state, *, weight_decay=1e-2, **kwargs):
+    return adam(p, g, state, weight_decay=weight_decay, decoupled=True, **kwargs)
+
+
+def adagrad(
+    p,
+    g,
+    state,
+    *,
+    lr=1e-2,
+    lr_decay=0.0,
+    weight_decay=0.0,
+    initial_accumulator_value=0.0,
+    eps=1e-10,
+    maximize=False,
+    grad_mult=1.0,
+):
+    p = np.asarray(p, np.float64)
+    g = _grad(p, g, state, maximize, weight_decay, grad_mult)
+    state.setdefault("sum", np.full_like(p, initial_accumulator_value))
+    clr = lr / (1 + (state["step"] - 1) * lr_decay)
+    state["sum"] = state["sum"] + g * g
+    return p - clr * g / (np.sqrt(state["sum"]) + eps)
+
+
+def rmsprop(
+    p,
+    g,
+    state,
+    *,
+    lr=1e-2,
+    alpha=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum=0.0,
+    centered=False,
+    maximize=False,
+    grad_mult=1.0,
+):
+    p = np.asarray(p, np.float64)
+    g = _grad(p, g, state, maximize, weight_decay, grad_mult)
+    _zeros(state, p, "square_avg", "grad_avg", "momentum_buffer")
+    state["square_avg"] = alpha * state["square_avg"] + (1 - alpha) * g * g
+    var = state["square_avg"]
+    if centered:
+        state["grad_avg"] = alpha * state["grad_avg"] + (1 - alpha) * g
+        var = var - state["grad_avg"] ** 2
+    avg = np.sqrt(var) + eps
+    if momentum > 0:
+        state["momentum_buffer"] = momentum * state["momentum_buffer"] + g / avg
+        return p - lr * state["momentum_buffer"]
+    return p - lr * g / avg
+
+
+def adadelta(
+    p, g, state, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False, grad_mult=1.0
+):
+    p = np.asarray(p, np.float64)
+    g = _grad(p, g, state, maximize, weight_decay, grad_mult)
+    _zeros(state, p, "square_avg", "acc_delta")
+    state["square_avg"] = rho * state["square_avg"] + (1 - rho) * g * g
+    delta = np.sqrt(state["acc_delta"] + eps) / np.sqrt(state["square_avg"] + eps) * g
+    state["acc_delta"] = rho * state["acc_delta"] + (1 - rho) * delta * delta
+    return p - lr * delta
+
+
+OPTIMIZERS = {
+    "SGD": sgd,
+    "Adam": adam,
+    "AdamW": adamw,
+    "Adagrad": adagrad,
+    "RMSprop": rmsprop,
+    "Adadelta": adadelta,
+}

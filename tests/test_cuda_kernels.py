@@ -222,7 +222,8 @@ def test_launch_signatures_are_registered(small_launch, monkeypatch):
 
             return launch_and_record
 
-    for spec in gate.KERNELS:
+    specs = [s for s in gate.KERNELS if s.module in ("batchnorm", "copy")]
+    for spec in specs:
         module = {"batchnorm": batchnorm, "copy": copy}[spec.module]
         monkeypatch.setattr(module, spec.name, Recorder(spec.id, getattr(module, spec.name)))
 
@@ -235,11 +236,11 @@ def test_launch_signatures_are_registered(small_launch, monkeypatch):
         base = np.ones(12, dtype)
         copy.as_contiguous(_device_view(base[::2], base, cuda.to_device(base)))
 
-    for kernel_id, dtype, signature in gate.cases():
+    for kernel_id, dtype, signature in gate.cases(specs):
         assert (kernel_id, dtype) in seen, f"{kernel_id} was not launched for {dtype}"
         expected, _ = sigutils.normalize_signature(signature)
         assert seen[(kernel_id, dtype)] == {expected}, kernel_id
-    assert len(seen) == len(gate.cases())
+    assert len(seen) == len(gate.cases(specs))
 
 
 # --- warp shuffles (the simulator's must match the hardware's) -----------------------

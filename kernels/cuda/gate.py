@@ -6,7 +6,9 @@ compiles every (kernel, dtype) to PTX for ``CC`` (sm_90, the H100) with the real
 numba-cuda compiler, which needs no GPU, and checks the PTX:
 
 * float32 kernels contain no double-precision type or register (``.f64``, ``%fd``): a
-  Python float literal or an int64/float32 mix silently computes in float64;
+  Python float literal or an int64/float32 mix silently computes in float64 (a row
+  whose kernel accumulates in float64 by design says so with ``accumulates``, and its
+  PTX is checked as that dtype's);
 * no kernel uses local memory (``.local``): the per-thread register arrays of the
   unrolled loops must live in registers;
 * ptxas (run through nvJitLink, also without a GPU, where ``cuda.bindings`` has it)
@@ -41,6 +43,7 @@ class KernelSpec:
     name: str
     signature: str  # numba signature, "{t}" for the dtype
     dtypes: tuple[str, ...] = _F32_F64
+    accumulates: str | None = None  # dtype it computes in, when not the launch dtype
 
     @property
     def id(self) -> str:
@@ -51,9 +54,11 @@ def _sig(*args: str) -> str:
     return f"void({', '.join(args)})"
 
 
-# Argument types, "{t}" standing for the dtype: contiguous 1-D and 3-D arrays, a scalar.
+# Argument types, "{t}" standing for the dtype: contiguous 1-D and 3-D arrays, a scalar;
+# float64 2-D partials.
 _A1, _A3, _T = "{t}[::1]", "{t}[:, :, ::1]", "{t}"
 _I, _B, _DIMS = "int64", "boolean", "UniTuple(int64, 4)"
+_F64_2D = "float64[:, ::1]"
 
 KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("batchnorm", "_bn_stats_nchw_kernel", _sig(_A1, _A3, _I, _I)),
@@ -67,6 +72,12 @@ KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("batchnorm", "_bn_grad_finalize_kernel", _sig(_A3, _A1, _A1, _A1)),
     KernelSpec("batchnorm", "_bn_dx_kernel", _sig(*[_A1] * 8, _I, _T, _B)),
     KernelSpec("copy", "_gather_kernel", _sig(_A1, _A1, _DIMS, _DIMS, _I)),
+    KernelSpec("optim", "_adam_kernel", _sig(*[_A1] * 5, *[_T] * 9, _B)),
+    KernelSpec("optim", "_sgd_kernel", _sig(*[_A1] * 3, *[_T] * 5, _B, _B)),
+    KernelSpec("optim", "_adagrad_kernel", _sig(*[_A1] * 3, *[_T] * 4)),
+    KernelSpec("optim", "_rmsprop_kernel", _sig(*[_A1] * 5, *[_T] * 7, _B)),
+    KernelSpec("optim", "_adadelta_kernel", _sig(*[_A1] * 4, *[_T] * 6)),
+    KernelSpec("optim", "_grad_sumsq_kernel", _sig(_A1, _F64_2D), accumulates="float64"),
 )
 
 
@@ -161,8 +172,10 @@ def run(kernels=KERNELS) -> dict:
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         raise RuntimeError("the PTX gate needs the real compiler: unset NUMBA_ENABLE_CUDASIM")
     results = []
+    accumulates = {k.id: k.accumulates for k in kernels}
     for kernel_id, dtype, signature in cases(kernels):
-        result = compile_case(kernel(kernel_id).py_func, signature, dtype)
+        checked = accumulates[kernel_id] or dtype
+        result = compile_case(kernel(kernel_id).py_func, signature, checked)
         results.append({"kernel": kernel_id, "dtype": dtype, "signature": signature, **result})
     return {"cases": results, "unregistered": unregistered(kernels)}
 
