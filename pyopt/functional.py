@@ -15,8 +15,18 @@ import numpy as np
 
 from pyopt import _checks
 from pyopt._backend import backend_of, call_for, copy_into
+from pyopt._optim_functional import adadelta_, adagrad_, adam_, adamw_, rmsprop_, sgd_
 
-__all__ = ["batch_norm", "batch_norm_backward"]
+__all__ = [
+    "adadelta_",
+    "adagrad_",
+    "adam_",
+    "adamw_",
+    "batch_norm",
+    "batch_norm_backward",
+    "rmsprop_",
+    "sgd_",
+]
 
 
 def _batchnorm_kernels(backend: str) -> ModuleType:
