@@ -138,3 +138,14 @@ def machine_tag(info: dict[str, object]) -> str:
     name = re.sub(r"\(R\)|\(TM\)|CPU|Processor|\d+-Core", " ", name, flags=re.IGNORECASE)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "cpu"
     return f"{slug}-{info['cores']}c"
+
+
+def print_probe(bandwidth: dict, compile_info: dict, what: str) -> None:
+    """Print the bandwidth probe and the cold-compile times (``<kernel>_s`` keys)."""
+    print(
+        f"\nmeasured bandwidth: triad {bandwidth['triad_gbs']:.1f} GB/s, "
+        f"copy {bandwidth['copy_gbs']:.1f} GB/s ({bandwidth['threads']} threads)"
+    )
+    if "total_s" in compile_info:
+        parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in compile_info.items() if k[-2:] == "_s")
+        print(f"cold JIT compile (empty cache, {what}): {parts}")

@@ -45,6 +45,7 @@ from bench._timing import (
     machine_info,
     machine_tag,
     percentiles_ms,
+    print_probe,
 )
 
 SHAPES = [(32, 256, 56, 56), (128, 64, 28, 28)]
@@ -239,13 +240,7 @@ def _case(shape, layout, dtype, repeats, warmup, rng):
 
 
 def _print_table(rows, bandwidth, compile_info):
-    print(
-        f"\nmeasured bandwidth: triad {bandwidth['triad_gbs']:.1f} GB/s, "
-        f"copy {bandwidth['copy_gbs']:.1f} GB/s ({bandwidth['threads']} threads)"
-    )
-    if "total_s" in compile_info:
-        parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in compile_info.items() if k[-2:] == "_s")
-        print(f"cold JIT compile (empty cache, first calls): {parts}")
+    print_probe(bandwidth, compile_info, "first calls")
     header = (
         f"{'shape':<18} {'layout':<6} {'mode':<8} {'provider':<13} {'p50 ms':>8} "
         f"{'p20-p80 ms':>15} {'GB/s':>6} {'%BW':>5} {'x torch':>8} {'x nograd':>9}"

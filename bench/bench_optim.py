@@ -59,6 +59,7 @@ from bench._timing import (
     machine_info,
     machine_tag,
     percentiles_ms,
+    print_probe,
 )
 from bench.shapes import RESNET50_PARAM_SHAPES
 
@@ -303,13 +304,7 @@ def _case(rule: str, case: str, shapes: dict, repeats: int, warmup: int, rng) ->
 
 
 def _print_table(rows, bandwidth, compile_info):
-    print(
-        f"\nmeasured bandwidth: triad {bandwidth['triad_gbs']:.1f} GB/s, "
-        f"copy {bandwidth['copy_gbs']:.1f} GB/s ({bandwidth['threads']} threads)"
-    )
-    if "total_s" in compile_info:
-        parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in compile_info.items() if k[-2:] == "_s")
-        print(f"cold JIT compile (empty cache, first float32 calls): {parts}")
+    print_probe(bandwidth, compile_info, "first float32 calls")
     header = (
         f"{'rule':<26} {'case':<9} {'provider':<13} {'p50 ms':>8} {'p20-p80 ms':>15} "
         f"{'GB/s':>6} {'%BW':>5} {'x torch':>8} {'x clip':>7}"
