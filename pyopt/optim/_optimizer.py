@@ -351,7 +351,7 @@ class Optimizer:
                 f"state_dict has {len(saved_groups)} param groups, the optimizer has "
                 f"{len(self.param_groups)}"
             )
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = self._params
         new_groups = []
         plan: list[tuple[int, int, dict[str, np.ndarray], int]] = []
         index = 0
