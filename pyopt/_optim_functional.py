@@ -464,8 +464,9 @@ def adadelta_(
     _launch(backend, kernel, [params, grads, square_avgs, acc_deltas], None, lambda i: args)
 
 
-def grad_sumsq(grads: Sequence[Any]) -> tuple[float, bool]:
-    """``(Σ g², all finite)`` over every element of ``grads``, accumulated in float64.
+def grad_sumsq(grads: Sequence[Any], backend: str) -> tuple[float, bool]:
+    """``(Σ g², all finite)`` over every element of ``grads`` (None entries skipped),
+    accumulated in float64; ``grads`` are validated arrays of ``backend``.
 
     Deterministic: per-block partial sums from the kernels are added on the host in a
     fixed order. One read of every gradient; on CUDA, one small device-to-host copy.
@@ -473,7 +474,6 @@ def grad_sumsq(grads: Sequence[Any]) -> tuple[float, bool]:
     grads = [g for g in grads if g is not None]
     if not grads:
         return 0.0, True
-    backend = backend_of((f"grads[{i}]", g) for i, g in enumerate(grads))
     kernels = _optim_kernels(backend)
     call = call_for(backend, grads[0])
     pieces = [

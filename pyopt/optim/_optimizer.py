@@ -273,7 +273,7 @@ class Optimizer:
         norm = None
         scale = grad_scale
         if skip_if_nonfinite or max_grad_norm is not None:
-            sumsq, finite = grad_sumsq(grads)
+            sumsq, finite = grad_sumsq(grads, self._backend)  # checked above
             norm = math.sqrt(sumsq) / (grad_scale or 1.0)
             if skip_if_nonfinite and not finite:
                 return StepResult(grad_norm=norm, skipped=True)
