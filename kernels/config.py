@@ -59,3 +59,11 @@ CPU_SUMSQ_BLOCK = 65536
 # stride over at most CUDA_SM_COUNT * CUDA_BLOCKS_PER_SM of them; grad_sumsq writes one
 # partial row per block, so these also set how many rows it returns. At 28-64 registers
 # (float32; the gate reports them) 4-8 of these 256-thread blocks are resident per SM.
+
+# --- Random kernels (Philox4x32-10) -----------------------------------------------
+
+# Elements per unit of work of the CPU random kernels (a multiple of 4: whole Philox
+# blocks): prange shares the units out to the threads, each a loop of one Philox call
+# per 4 elements. The CUDA random kernels grid-stride over blocks of 4 elements with
+# CUDA_THREADS-thread blocks, at most CUDA_SM_COUNT * CUDA_BLOCKS_PER_SM of them.
+CPU_RANDOM_CHUNK = 65536

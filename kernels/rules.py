@@ -221,3 +221,46 @@ def adadelta(p, g, square_avg, acc_delta, grad_mult, weight_decay, rho, one_minu
     delta = math.sqrt(acc_delta + eps) / std * g
     acc_delta = acc_delta * rho + one_minus_rho * delta * delta
     return p + neg_lr * delta, square_avg, acc_delta
+
+
+# --- Gradient norms (kernels/*/clip.py) -------------------------------------------
+
+# Modes of norm_partials: the reduction of one block.
+NORM_MAX = 0  # max |g|        (norm_type = inf)
+NORM_MIN = 1  # min |g|        (norm_type = -inf)
+NORM_L1 = 2  # Σ |g|
+NORM_L2 = 3  # Σ g²
+NORM_POW = 4  # Σ |g|^p       (any other finite p > 0)
+
+
+def norm_mode(norm_type) -> tuple[int, float]:
+    """``(mode, p)`` of the kernels for ``norm_type``: inf, -inf or a finite p > 0."""
+    p = float(norm_type)
+    if p == math.inf:
+        return NORM_MAX, p
+    if p == -math.inf:
+        return NORM_MIN, p
+    return {1.0: NORM_L1, 2.0: NORM_L2}.get(p, NORM_POW), p
+
+
+def norm_identity(mode):
+    """The value a reduction of no elements starts from: +inf for min, else 0."""
+    return math.inf if mode == NORM_MIN else 0.0
+
+
+def norm_term(x, mode, p):
+    """One float64 element's term: ``g²`` (L2), ``|g|^p`` (POW) or ``|g|`` (the others)."""
+    if mode == NORM_L2:
+        return x * x
+    if mode == NORM_POW:
+        return math.pow(abs(x), p)
+    return abs(x)
+
+
+def norm_combine(acc, term, mode):
+    """``acc`` combined with ``term``: max or min (a NaN on either side stays), else sum."""
+    if mode == NORM_MAX:
+        return term if term > acc or term != term else acc
+    if mode == NORM_MIN:
+        return term if term < acc or term != term else acc
+    return acc + term

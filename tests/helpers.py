@@ -57,3 +57,56 @@ def assert_close(actual, expected, dtype, scale_tol: float | None = None, what: 
     np.testing.assert_allclose(
         actual[finite], expected[finite], rtol=0, atol=tol * scale, err_msg=what
     )
+
+
+def record_launches(monkeypatch, module: str) -> dict[tuple[str, str], set[tuple]]:
+    """Make every kernel of ``pyopt.kernels.cuda.<module>`` with a compile-gate row record
+    the Numba types of each launch's arguments, then launch as before.
+
+    Returns the record the launches fill: ``{(kernel id, dtype of the first argument):
+    {tuple of argument types, ...}}``, for :func:`assert_launches_match_gate`.
+    """
+    from numba.cuda.typing.typeof import typeof
+
+    from pyopt.kernels.cuda import gate
+
+    def numba_type(arg):
+        # typeof says layout 'A' for an empty device array; the launch compiles it as 'C'.
+        if getattr(arg, "size", 1) == 0:
+            return typeof(arg).copy(layout="C")
+        return typeof(arg)
+
+    seen: dict[tuple[str, str], set[tuple]] = {}
+
+    class Recorder:
+        def __init__(self, spec):
+            self.spec, self.kernel = spec, gate.kernel(spec.id)
+
+        def __getitem__(self, launch):
+            def launch_and_record(*args):
+                types = tuple(numba_type(a) for a in args)
+                seen.setdefault((self.spec.id, str(types[0].dtype)), set()).add(types)
+                return self.kernel[launch](*args)
+
+            return launch_and_record
+
+    kernels = importlib.import_module(f"pyopt.kernels.cuda.{module}")
+    for spec in gate.KERNELS:
+        if spec.module == module:
+            monkeypatch.setattr(kernels, spec.name, Recorder(spec))
+    return seen
+
+
+def assert_launches_match_gate(seen: dict[tuple[str, str], set[tuple]], module: str) -> None:
+    """Every (kernel, dtype) the compile gate registers for ``module`` was launched, only
+    with its registered signature, and no other (kernel, dtype) was (``seen`` from
+    :func:`record_launches`): the gate compiles exactly what runs."""
+    from numba.cuda.core import sigutils
+
+    from pyopt.kernels.cuda import gate
+
+    cases = gate.cases([spec for spec in gate.KERNELS if spec.module == module])
+    for kernel_id, dtype, signature in cases:
+        expected, _ = sigutils.normalize_signature(signature)
+        assert seen.get((kernel_id, dtype)) == {expected}, kernel_id
+    assert len(seen) == len(cases), sorted(seen)

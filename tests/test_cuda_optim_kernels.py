@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from helpers import CUDASIM, assert_close, cuda_skip_reason
+from helpers import (
+    CUDASIM,
+    assert_close,
+    assert_launches_match_gate,
+    cuda_skip_reason,
+    record_launches,
+)
 
 _reason = cuda_skip_reason()
 if _reason is not None:
@@ -394,38 +400,10 @@ def test_launch_signatures_are_registered(cuda_backend, monkeypatch):
     The gate compiles exactly the registered signatures, so a launcher passing other
     types (a Python float, an int flag) would run code the gate never checked.
     """
-    from numba.cuda.core import sigutils
-    from numba.cuda.typing.typeof import typeof
-
-    def numba_type(arg):
-        if getattr(arg, "size", 1) == 0:  # Numba types empty device arrays 'C'
-            return typeof(arg).copy(layout="C")
-        return typeof(arg)
-
-    specs = [spec for spec in gate.KERNELS if spec.module == "optim"]
-    seen: dict[tuple[str, str], set[tuple]] = {}
-
-    class Recorder:
-        def __init__(self, spec):
-            self.spec, self.kernel = spec, getattr(optim, spec.name)
-
-        def __getitem__(self, launch):
-            def launch_and_record(*args):
-                types = tuple(numba_type(a) for a in args)
-                seen.setdefault((self.spec.id, str(types[0].dtype)), set()).add(types)
-                return self.kernel[launch](*args)
-
-            return launch_and_record
-
-    for spec in specs:
-        monkeypatch.setattr(optim, spec.name, Recorder(spec))
+    seen = record_launches(monkeypatch, "optim")
     for dtype in DTYPES:
         for case in CASES:
             _launch(case, _setup(case, 7, dtype))
         _grad_sumsq(np.ones(7, dtype))
-
-    cases = gate.cases(specs)
-    for kernel_id, dtype, signature in cases:
-        expected, _ = sigutils.normalize_signature(signature)
-        assert seen.get((kernel_id, dtype)) == {expected}, kernel_id
-    assert len(seen) == len(cases) == 2 * len(specs)
+    assert_launches_match_gate(seen, "optim")
+    assert len(seen) == 6 * 2  # six kernels, float32 and float64

@@ -78,6 +78,17 @@ KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("optim", "_rmsprop_kernel", _sig(*[_A1] * 5, *[_T] * 7, _B)),
     KernelSpec("optim", "_adadelta_kernel", _sig(*[_A1] * 4, *[_T] * 6)),
     KernelSpec("optim", "_grad_sumsq_kernel", _sig(_A1, _F64_2D), accumulates="float64"),
+    KernelSpec(
+        "clip",
+        "_norm_partials_kernel",
+        _sig(_A1, "float64[::1]", _I, "float64"),
+        accumulates="float64",
+    ),
+    KernelSpec("clip", "_scale_kernel", _sig(_A1, _T)),
+    KernelSpec("clip", "_clamp_kernel", _sig(_A1, _T, _T)),
+    KernelSpec("random", "_dropout_kernel", _sig(_A1, _A1, _I, _T, "uint64", "uint64")),
+    KernelSpec("random", "_uniform_kernel", _sig(_A1, _T, _T, "uint64", "uint64")),
+    KernelSpec("random", "_normal_kernel", _sig(_A1, _T, _T, "uint64", "uint64")),
 )
 
 

@@ -26,8 +26,8 @@ import functools
 import numpy as np
 from numba import cuda
 
-from .. import config, rules
-from ._launch import resident_blocks
+from .. import rules
+from ._launch import grid_blocks, launch
 from ._reduce import MAX_WARPS, WARP_SIZE
 
 # Elements per array each thread loads before it stores any (loads in flight), for the
@@ -355,22 +355,12 @@ def _grad_sumsq_kernel(
 # --- launchers --------------------------------------------------------------------
 
 
-def _grid(n: int) -> int:
-    """Blocks of ``CUDA_THREADS`` for ``n`` elements: one element per thread, at most the
-    resident blocks (the kernels grid-stride over the rest)."""
-    return min(-(-n // config.CUDA_THREADS), resident_blocks())
-
-
 def _launch(kernel, arrays, scalars, flags, stream):
     """Launch ``kernel`` over ``arrays`` (the first sets n and the dtype) on ``stream``,
     each scalar cast to the dtype and each flag to bool; nothing when n == 0."""
-    n = arrays[0].size
-    if n == 0:
-        return
     dtype = arrays[0].dtype.type
-    kernel[_grid(n), config.CUDA_THREADS, 0 if stream is None else stream](
-        *arrays, *(dtype(s) for s in scalars), *(bool(f) for f in flags)
-    )
+    args = (*arrays, *(dtype(s) for s in scalars), *(bool(f) for f in flags))
+    launch(kernel, arrays[0].size, args, stream)
 
 
 def adam_update(
@@ -505,7 +495,7 @@ def grad_sumsq_blocks(n: int) -> int:
 
     Deterministic for a given ``config`` and device.
     """
-    return _grid(n) if n > 0 else 0
+    return grid_blocks(n)
 
 
 def grad_sumsq(grad, out, stream=None):

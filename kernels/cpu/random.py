@@ -1,0 +1,217 @@
+"""Counter-based random kernels on the CPU: dropout, uniform and normal fills.
+
+Every value comes from the Philox4x32-10 stream of ``kernels/philox.py``: element ``i``
+of a call with ``(seed, offset)`` is lane ``i % 4`` of the block ``i // 4``, so the result
+depends on neither the thread count nor the chunking, and equals the CUDA kernels'
+(``kernels/cuda/random.py``) bit for bit for dropout. No state and no stored mask:
+dropout's backward is the same call on dy with the same ``(seed, offset)``.
+
+Schedule: the full blocks of 4 elements are cut into units of ``config.CPU_RANDOM_CHUNK``
+elements shared out to the threads by ``prange``; a unit is a loop over its blocks, one
+Philox call per 4 elements, indexed from 0 within the unit's slices (no negative-index
+checks, so the loop vectorizes). A last partial block (n not a multiple of 4) is written
+after the parallel loop, lane by lane. Memory: dropout reads x and writes y (8 B/elem in
+float32), the fills write out (4 B/elem).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from pyopt.kernels import config, philox
+
+_KERNEL_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy"}
+
+# The shared generator and maps (kernels/philox.py), compiled for the CPU.
+_philox = philox.compiled(njit(inline="always", cache=True))
+_philox4x32_10 = _philox.philox4x32_10
+_stream_block = _philox.stream_block
+_dropout = _philox.dropout
+_uniform = _philox.uniform
+_normal_pair = _philox.normal_pair
+
+
+@njit(inline="always", cache=True)
+def _dropout_block(x, y, j, block, count, threshold, scale, seed, offset):
+    """Elements ``4j … 4j + count − 1`` of the slices x, y from block ``block`` of the
+    stream; ``count`` is the constant 4 except for a last partial block."""
+    w0, w1, w2, w3 = _stream_block(block, seed, offset)
+    i = 4 * j
+    dtype = x.dtype
+    y[i] = _dropout(x[i], w0, threshold, scale, dtype)
+    if count > 1:
+        y[i + 1] = _dropout(x[i + 1], w1, threshold, scale, dtype)
+    if count > 2:
+        y[i + 2] = _dropout(x[i + 2], w2, threshold, scale, dtype)
+    if count > 3:
+        y[i + 3] = _dropout(x[i + 3], w3, threshold, scale, dtype)
+
+
+@njit(inline="always", cache=True)
+def _uniform_block(out, j, block, count, low, high, seed, offset):
+    """Elements ``4j … 4j + count − 1`` of the slice out (see :func:`_dropout_block`)."""
+    w0, w1, w2, w3 = _stream_block(block, seed, offset)
+    i = 4 * j
+    dtype = out.dtype
+    out[i] = _uniform(w0, low, high, dtype)
+    if count > 1:
+        out[i + 1] = _uniform(w1, low, high, dtype)
+    if count > 2:
+        out[i + 2] = _uniform(w2, low, high, dtype)
+    if count > 3:
+        out[i + 3] = _uniform(w3, low, high, dtype)
+
+
+@njit(inline="always", cache=True)
+def _normal_block(out, j, block, count, mean, std, seed, offset):
+    """Elements ``4j … 4j + count − 1`` of the slice out: Box-Muller on the word pairs
+    (w0, w1) for lanes 0, 1 and (w2, w3) for lanes 2, 3."""
+    w0, w1, w2, w3 = _stream_block(block, seed, offset)
+    i = 4 * j
+    dtype = out.dtype
+    z0, z1 = _normal_pair(w0, w1, mean, std, dtype)
+    out[i] = z0
+    if count > 1:
+        out[i + 1] = z1
+    if count > 2:
+        z2, z3 = _normal_pair(w2, w3, mean, std, dtype)
+        out[i + 2] = z2
+        if count > 3:
+            out[i + 3] = z3
+
+
+@njit(inline="always", cache=True)
+def _unit_blocks(full, unit, u):
+    """Blocks ``[lo, hi)`` of the u-th unit of ``unit`` blocks among ``full`` blocks."""
+    return u * unit, min((u + 1) * unit, full)
+
+
+@njit(**_KERNEL_OPTIONS)
+def _dropout_kernel(
+    x,  # (n,)
+    y,  # (n,) out
+    threshold,  # int64 in [0, 2^32]: kept where word >= threshold
+    scale,  # x.dtype
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+):
+    """Dropout: ``y = x·scale`` where ``word(i) ≥ threshold``, else 0 (``philox.dropout``).
+
+    Memory: reads x and writes y once (8 B/elem in float32).
+    """
+    n = x.size
+    full = n // 4
+    for u in prange((full + unit - 1) // unit):
+        lo, hi = _unit_blocks(full, unit, u)
+        xs, ys = x[4 * lo : 4 * hi], y[4 * lo : 4 * hi]
+        for j in range(hi - lo):
+            _dropout_block(xs, ys, j, lo + j, 4, threshold, scale, seed, offset)
+    if n > 4 * full:
+        xs, ys = x[4 * full :], y[4 * full :]
+        _dropout_block(xs, ys, 0, full, n - 4 * full, threshold, scale, seed, offset)
+
+
+@njit(inline="always", cache=True)
+def _fill_block(out, j, block, count, a, b, seed, offset, normal):
+    """:func:`_normal_block` with ``(mean, std) = (a, b)`` if ``normal``, else
+    :func:`_uniform_block` with ``(low, high) = (a, b)``."""
+    if normal:
+        _normal_block(out, j, block, count, a, b, seed, offset)
+    else:
+        _uniform_block(out, j, block, count, a, b, seed, offset)
+
+
+@njit(inline="always", cache=True)
+def _fill_unit(out, lo, hi, a, b, seed, offset, normal):
+    """The full blocks ``[lo, hi)`` of out; ``normal`` is a constant at every call site,
+    so each copy of the loop holds one map (and the uniform one vectorizes)."""
+    outs = out[4 * lo : 4 * hi]
+    for j in range(hi - lo):
+        _fill_block(outs, j, lo + j, 4, a, b, seed, offset, normal)
+
+
+@njit(**_KERNEL_OPTIONS)
+def _fill_kernel(
+    out,  # (n,) out
+    a,  # out.dtype: low (uniform) or mean (normal)
+    b,  # out.dtype: high (uniform) or std (normal)
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+    normal,  # bool: normal fill, else uniform
+):
+    """Uniform fill ``out = low + (high − low)·u``, ``u ∈ [0, 1)`` (``philox.uniform``), or
+    normal fill ``out = mean + std·z``, z from Box-Muller on word pairs
+    (``philox.normal_pair``).
+
+    Memory: writes out once (4 B/elem in float32); the normal fill is compute-bound on the
+    CPU (a scalar libm log per pair keeps its loop from vectorizing).
+    """
+    n = out.size
+    full = n // 4
+    for u in prange((full + unit - 1) // unit):
+        lo, hi = _unit_blocks(full, unit, u)
+        if normal:
+            _fill_unit(out, lo, hi, a, b, seed, offset, True)
+        else:
+            _fill_unit(out, lo, hi, a, b, seed, offset, False)
+    if n > 4 * full:
+        _fill_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset, normal)
+
+
+def _unit():
+    """Blocks of 4 elements per unit of work: ``config.CPU_RANDOM_CHUNK`` elements."""
+    return max(1, int(config.CPU_RANDOM_CHUNK) // 4)
+
+
+def _fill(out, a, b, seed, offset, normal):
+    """:func:`_fill_kernel` on ``out`` with ``a``, ``b`` cast to its dtype; nothing if empty."""
+    if out.size > 0:
+        f = out.dtype.type
+        _fill_kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit(), normal)
+
+
+def dropout(x, y, threshold, scale, seed, offset):
+    """``y[i] = x[i]·scale`` where ``word(i) ≥ threshold``, else exactly 0.
+
+    ``word(i)`` is element i of the Philox4x32-10 stream ``(seed, offset)``
+    (``kernels/philox.py``); keep probability ``1 − threshold / 2³²``. The same call on
+    dy gives dropout's backward.
+
+    Args:
+        x, y: 1-D C-contiguous NumPy arrays of one dtype (float32 or float64), same size.
+        threshold: int in [0, 2³²] (0 keeps every element, 2³² drops every one).
+        scale: float, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+    """
+    if x.size == 0:
+        return
+    _dropout_kernel(
+        x, y, np.int64(threshold), x.dtype.type(scale), np.uint64(seed), np.uint64(offset),
+        _unit(),
+    )  # fmt: skip
+
+
+def uniform_(out, low, high, seed, offset):
+    """Fill ``out`` with ``low + (high − low)·u``, u uniform on [0, 1), in place.
+
+    ``u`` has 24 random bits in float32 and 32 in float64 (one Philox word per element:
+    float64 values are multiples of 2⁻³²·(high − low)).
+
+    Args:
+        out: 1-D C-contiguous float32 or float64 NumPy array.
+        low, high: floats, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+    """
+    _fill(out, low, high, seed, offset, False)
+
+
+def normal_(out, mean, std, seed, offset):
+    """Fill ``out`` with ``mean + std·z``, z standard normal (Box-Muller), in place.
+
+    Args:
+        out: 1-D C-contiguous float32 or float64 NumPy array.
+        mean, std: floats, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+    """
+    _fill(out, mean, std, seed, offset, True)

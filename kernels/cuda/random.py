@@ -1,0 +1,199 @@
+"""CUDA counter-based random kernels: dropout, uniform and normal fills, and launchers.
+
+Every value comes from the Philox4x32-10 stream of ``kernels/philox.py`` (element ``i``
+of a call with ``(seed, offset)`` is lane ``i % 4`` of block ``i // 4``), compiled for
+the device from the same source as the CPU kernels (``kernels/cpu/random.py``): dropout
+outputs are the same bits on both backends; uniform values differ at most where NVVM
+contracts ``low + (high − low)·u`` to an FMA (by the product's rounding, half an ulp of
+it), normal values by libdevice's log against libm's and FMA contractions (a few ulp;
+the tests allow 1e-6 relative). No state, no stored mask: dropout's backward is the same
+launch on dy with the same ``(seed, offset)``.
+
+Layout: a 1-D grid-stride loop over blocks of 4 elements (``b = cuda.grid(1)``,
+``stride = cuda.gridsize(1)``), one Philox call per thread per trip, over at most the
+resident blocks. A thread loads its 4 consecutive elements before it stores any (4
+loads in flight; a warp's loads cover 512 contiguous bytes in float32, the lines shared
+by its 4 load instructions through L1). Memory: dropout reads x and writes y (8 B/elem
+in float32), the fills write out (4 B/elem). Indices are np.uint64 (no negative-index
+wraparound); the last block writes only its lanes below n.
+
+References: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC 2011);
+cuRAND's and PyTorch's Philox-based dropout for the counter/offset scheme.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from .. import philox
+from ._launch import launch
+
+# The shared generator and maps (kernels/philox.py), compiled for the device.
+_philox = philox.compiled(cuda.jit(device=True, inline="always"))
+_philox4x32_10 = _philox.philox4x32_10
+_stream_block = _philox.stream_block
+_dropout = _philox.dropout
+_uniform = _philox.uniform
+_normal_pair = _philox.normal_pair
+
+_U1, _U2, _U3 = np.uint64(1), np.uint64(2), np.uint64(3)
+
+
+@cuda.jit
+def _dropout_kernel(
+    x,  # input, (n,)
+    y,  # output, (n,)
+    threshold,  # int64 in [0, 2^32]: kept where word >= threshold
+    scale,  # x.dtype
+    seed,  # uint64
+    offset,  # uint64
+):
+    """Dropout: ``y = x·scale`` where ``word(i) ≥ threshold``, else 0 (``philox.dropout``):
+    reads x and writes y once (8 B/elem in float32)."""
+    n = x.size
+    dtype = x.dtype
+    zero = dtype.type(0)
+    b = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while 4 * b < n:
+        w0, w1, w2, w3 = _stream_block(b, seed, offset)
+        left = n - 4 * b  # lanes of this block below n: 4 except in the last block
+        i = np.uint64(4 * b)
+        x0 = x[i]
+        x1 = x[i + _U1] if left > 1 else zero
+        x2 = x[i + _U2] if left > 2 else zero
+        x3 = x[i + _U3] if left > 3 else zero
+        y[i] = _dropout(x0, w0, threshold, scale, dtype)
+        if left > 1:
+            y[i + _U1] = _dropout(x1, w1, threshold, scale, dtype)
+        if left > 2:
+            y[i + _U2] = _dropout(x2, w2, threshold, scale, dtype)
+        if left > 3:
+            y[i + _U3] = _dropout(x3, w3, threshold, scale, dtype)
+        b += stride
+
+
+@cuda.jit(device=True, inline="always")
+def _uniform_block(out, i, left, w0, w1, w2, w3, low, high):
+    """``out[i + l] = low + (high − low)·u(w_l)`` for the lanes ``l < left``."""
+    dtype = out.dtype
+    out[i] = _uniform(w0, low, high, dtype)
+    if left > 1:
+        out[i + _U1] = _uniform(w1, low, high, dtype)
+    if left > 2:
+        out[i + _U2] = _uniform(w2, low, high, dtype)
+    if left > 3:
+        out[i + _U3] = _uniform(w3, low, high, dtype)
+
+
+@cuda.jit(device=True, inline="always")
+def _normal_block(out, i, left, w0, w1, w2, w3, mean, std):
+    """``out[i + l] = mean + std·z_l`` for the lanes ``l < left``: Box-Muller on the word
+    pairs (w0, w1) for lanes 0, 1 and (w2, w3) for lanes 2, 3."""
+    dtype = out.dtype
+    z0, z1 = _normal_pair(w0, w1, mean, std, dtype)
+    out[i] = z0
+    if left > 1:
+        out[i + _U1] = z1
+    if left > 2:
+        z2, z3 = _normal_pair(w2, w3, mean, std, dtype)
+        out[i + _U2] = z2
+        if left > 3:
+            out[i + _U3] = z3
+
+
+@cuda.jit(device=True, inline="always")
+def _fill(out, fill_block, a, b, seed, offset):
+    """Every block of 4 elements of out this thread owns, by ``fill_block(out, i, left,
+    w0, w1, w2, w3, a, b)``: a device function, so Numba compiles (and inlines) a copy of
+    this loop for each, with the registers of a hand-written kernel."""
+    n = out.size
+    block = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while 4 * block < n:
+        w0, w1, w2, w3 = _stream_block(block, seed, offset)
+        left = n - 4 * block  # lanes of this block below n: 4 except in the last block
+        fill_block(out, np.uint64(4 * block), left, w0, w1, w2, w3, a, b)
+        block += stride
+
+
+@cuda.jit
+def _uniform_kernel(
+    out,  # output, (n,)
+    low,  # out.dtype
+    high,  # out.dtype
+    seed,  # uint64
+    offset,  # uint64
+):
+    """Uniform fill: ``out = low + (high − low)·u``, ``u ∈ [0, 1)`` (``philox.uniform``):
+    writes out once (4 B/elem in float32)."""
+    _fill(out, _uniform_block, low, high, seed, offset)
+
+
+@cuda.jit
+def _normal_kernel(
+    out,  # output, (n,)
+    mean,  # out.dtype
+    std,  # out.dtype
+    seed,  # uint64
+    offset,  # uint64
+):
+    """Normal fill: ``out = mean + std·z``, Box-Muller on the word pairs (w0, w1) and
+    (w2, w3) (``philox.normal_pair``): writes out once (4 B/elem in float32)."""
+    _fill(out, _normal_block, mean, std, seed, offset)
+
+
+# --- launchers --------------------------------------------------------------------
+
+
+def dropout(x, y, threshold, scale, seed, offset, stream=None):
+    """``y[i] = x[i]·scale`` where ``word(i) ≥ threshold``, else exactly 0.
+
+    ``word(i)`` is element i of the Philox4x32-10 stream ``(seed, offset)``
+    (``kernels/philox.py``); keep probability ``1 − threshold / 2³²``. The same call on
+    dy gives dropout's backward. Same mask as ``kernels/cpu/random.dropout``, bit for bit.
+
+    Args:
+        x, y: 1-D contiguous device arrays of one dtype (float32 or float64), same size.
+        threshold: int in [0, 2³²] (0 keeps every element, 2³² drops every one).
+        scale: float, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+        stream: a numba stream, or None for the default stream.
+    """
+    args = (x, y, np.int64(threshold), x.dtype.type(scale), np.uint64(seed), np.uint64(offset))
+    launch(_dropout_kernel, x.size, args, stream, per_thread=4)
+
+
+def _launch_fill(kernel, out, a, b, seed, offset, stream):
+    """``kernel(out, a, b, seed, offset)``, a and b cast to out's dtype (a fill kernel)."""
+    f = out.dtype.type
+    args = (out, f(a), f(b), np.uint64(seed), np.uint64(offset))
+    launch(kernel, out.size, args, stream, per_thread=4)
+
+
+def uniform_(out, low, high, seed, offset, stream=None):
+    """Fill ``out`` with ``low + (high − low)·u``, u uniform on [0, 1), in place.
+
+    ``u`` has 24 random bits in float32 and 32 in float64 (one Philox word per element:
+    float64 values are multiples of 2⁻³²·(high − low)).
+
+    Args:
+        out: 1-D contiguous float32 or float64 device array.
+        low, high: floats, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+        stream: a numba stream, or None for the default stream.
+    """
+    _launch_fill(_uniform_kernel, out, low, high, seed, offset, stream)
+
+
+def normal_(out, mean, std, seed, offset, stream=None):
+    """Fill ``out`` with ``mean + std·z``, z standard normal (Box-Muller), in place.
+
+    Args:
+        out: 1-D contiguous float32 or float64 device array.
+        mean, std: floats, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+        stream: a numba stream, or None for the default stream.
+    """
+    _launch_fill(_normal_kernel, out, mean, std, seed, offset, stream)
