@@ -237,6 +237,14 @@ class CudaCall:
         return self.view(arr), None
 
 
+def kernels_for(backend: str, family: str) -> Any:
+    """The kernel module of ``family`` ("batchnorm", "optim", ...) for ``backend``.
+
+    Imported on first use, so ``numba.cuda`` loads only when a CUDA array asks for it.
+    """
+    return importlib.import_module(f"pyopt.kernels.{backend}.{family}")
+
+
 def call_for(backend: str, like: Any) -> CpuCall | CudaCall:
     """The per-call helper for ``backend``; ``like`` picks the CUDA library and stream."""
     return CpuCall() if backend == "cpu" else CudaCall(like)
@@ -292,6 +300,44 @@ def copy_into(dst: Any, src: np.ndarray) -> None:
         from numba import cuda
 
         cuda.as_cuda_array(dst).copy_to_device(np.ascontiguousarray(src))
+
+
+def assign(dst: Any, src: Any) -> None:
+    """Copy the array ``src`` into ``dst`` in place, both on the same device."""
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, src)
+        return
+    module = type(dst).__module__.split(".")[0]
+    if module == "cupy":
+        import cupy
+
+        cupy.copyto(dst, src)
+    elif module == "torch":
+        dst.copy_(src)
+    elif _is_numba_device_array(dst):
+        dst.copy_to_device(src)
+    else:
+        from numba import cuda
+
+        cuda.as_cuda_array(dst).copy_to_device(src)
+
+
+def array_module(arr: Any) -> Any:
+    """NumPy for NumPy arrays, CuPy for CuPy arrays (the matmul layers' array library).
+
+    Raises:
+        TypeError: any other array type (Numba device arrays, torch tensors).
+    """
+    if isinstance(arr, np.ndarray):
+        return np
+    if type(arr).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    raise TypeError(
+        f"expected a NumPy or CuPy array, got {type(arr).__module__}.{type(arr).__qualname__} "
+        "(the matmul layers run on NumPy or CuPy: pip install pyopt-kernels[cuda13])"
+    )
 
 
 def _cudasim() -> bool:

@@ -13,23 +13,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import backend_of, call_for
+from pyopt._backend import backend_of, call_for, kernels_for
 
 __all__ = ["adadelta_", "adagrad_", "adam_", "adamw_", "check_hyperparameters", "rmsprop_", "sgd_"]
-
-
-def _optim_kernels(backend: str) -> ModuleType:
-    if backend == "cpu":
-        from pyopt.kernels.cpu import optim
-    else:
-        from pyopt.kernels.cuda import optim
-    return optim
 
 
 # --- hyperparameters ----------------------------------------------------------------
@@ -275,7 +266,7 @@ def adam_(
             bool(amsgrad),
         )
 
-    kernel = _optim_kernels(backend).adam_update
+    kernel = kernels_for(backend, "optim").adam_update
     _launch(backend, kernel, [params, grads, exp_avgs, exp_avg_sqs, maxes], steps, scalars)
 
 
@@ -334,7 +325,7 @@ def sgd_(
             bool(nesterov),
         )
 
-    kernel = _optim_kernels(backend).sgd_update
+    kernel = kernels_for(backend, "optim").sgd_update
     _launch(backend, kernel, [params, grads, buffers], first, scalars)
 
 
@@ -368,7 +359,7 @@ def adagrad_(
     def scalars(i: int) -> tuple:
         return (mult, weight_decay, eps, -(lr / (1.0 + (float(steps[i]) - 1.0) * lr_decay)))
 
-    kernel = _optim_kernels(backend).adagrad_update
+    kernel = kernels_for(backend, "optim").adagrad_update
     _launch(backend, kernel, [params, grads, state_sums], steps, scalars)
 
 
@@ -426,7 +417,7 @@ def rmsprop_(
         -lr,
         bool(centered),
     )
-    kernel = _optim_kernels(backend).rmsprop_update
+    kernel = kernels_for(backend, "optim").rmsprop_update
     columns = [params, grads, square_avgs, averages, buffers]
     _launch(backend, kernel, columns, None, lambda i: args)
 
@@ -460,7 +451,7 @@ def adadelta_(
         return
     _step_count(state_steps)
     args = (_grad_mult(maximize, grad_scale), weight_decay, rho, 1.0 - rho, eps, -lr)
-    kernel = _optim_kernels(backend).adadelta_update
+    kernel = kernels_for(backend, "optim").adadelta_update
     _launch(backend, kernel, [params, grads, square_avgs, acc_deltas], None, lambda i: args)
 
 
@@ -474,7 +465,7 @@ def grad_sumsq(grads: Sequence[Any], backend: str) -> tuple[float, bool]:
     grads = [g for g in grads if g is not None]
     if not grads:
         return 0.0, True
-    kernels = _optim_kernels(backend)
+    kernels = kernels_for(backend, "optim")
     call = call_for(backend, grads[0])
     pieces = [
         _multi.span(grads[lo:hi]) if hi - lo > 1 else grads[lo] for lo, hi in _multi.runs([grads])

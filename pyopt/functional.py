@@ -8,13 +8,12 @@ returns arrays of the caller's type.
 from __future__ import annotations
 
 import math
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from pyopt import _checks
-from pyopt._backend import backend_of, call_for, copy_into
+from pyopt import _checks, _random
+from pyopt._backend import backend_of, call_for, copy_into, kernels_for
 from pyopt._optim_functional import adadelta_, adagrad_, adam_, adamw_, rmsprop_, sgd_
 
 __all__ = [
@@ -24,17 +23,11 @@ __all__ = [
     "adamw_",
     "batch_norm",
     "batch_norm_backward",
+    "dropout",
+    "dropout_backward",
     "rmsprop_",
     "sgd_",
 ]
-
-
-def _batchnorm_kernels(backend: str) -> ModuleType:
-    if backend == "cpu":
-        from pyopt.kernels.cpu import batchnorm
-    else:
-        from pyopt.kernels.cuda import batchnorm
-    return batchnorm
 
 
 def _channel_layout(shape: tuple[int, ...], axis: Any) -> tuple[int, int, int]:
@@ -160,7 +153,7 @@ def batch_norm(
     else:
         rm, rv = call.contiguous(running_mean), call.contiguous(running_var)
     x3 = call.contiguous(x).reshape(outer, channels, inner)
-    _batchnorm_kernels(backend).batch_norm_forward(
+    kernels_for(backend, "batchnorm").batch_norm_forward(
         x3,
         w,
         b,
@@ -244,7 +237,7 @@ def batch_norm_backward(
     else:
         view3 = (outer, channels, inner)
         w = call.full((channels,), 1.0, dtype) if weight is None else call.contiguous(weight)
-        _batchnorm_kernels(backend).batch_norm_backward(
+        kernels_for(backend, "batchnorm").batch_norm_backward(
             call.contiguous(dy).reshape(view3),
             call.contiguous(x).reshape(view3),
             w,
@@ -259,3 +252,84 @@ def batch_norm_backward(
     if weight is None:
         return dx_out, None, None
     return dx_out, dweight_out, dbias_out
+
+
+def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str) -> Any:
+    backend = backend_of(((name, x),))
+    dtype = _checks.float_dtype(name, x)
+    p = _checks.in_unit_interval("p", p)
+    seed = _random.check_u64("seed", seed)
+    offset = _random.check_u64("offset", offset)
+    call = call_for(backend, x)
+    shape = tuple(x.shape)
+    n = math.prod(shape)
+    out, y = call.empty(shape, dtype)
+    if n:
+        # Kept where the element's 32-bit Philox word is >= threshold: probability
+        # (2**32 - threshold) / 2**32 = 1 - p to within 2**-33.
+        threshold = round(p * 2.0**32)
+        scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+        extra = {} if backend == "cpu" else {"stream": call.stream}
+        kernels_for(backend, "random").dropout(
+            call.contiguous(x).reshape(n), y.reshape(n), threshold, scale, seed, offset, **extra
+        )
+    return out
+
+
+def dropout(x: Any, p: float = 0.5, *, training: bool = True, seed: int, offset: int = 0) -> Any:
+    """Inverted dropout: each element zeroed with probability ``p``, the rest scaled by
+    ``1 / (1 − p)``, so the expectation is unchanged. ``torch.nn.functional.dropout``'s
+    semantics, with a mask that is never stored.
+
+    Element ``i`` (in C order) is kept iff the ``i``-th 32-bit word of the Philox4x32-10
+    stream keyed by ``(seed, offset)`` is at least ``round(p·2³²)``: the mask is a pure
+    function of ``(seed, offset, i)``, the same on the CPU and on CUDA, and
+    :func:`dropout_backward` regenerates it. Use a new ``offset`` (or seed) for every
+    call that needs a new mask. Moves 2 elements per element (read x, write y).
+
+    Args:
+        x: float32/float64 array of any shape (NumPy or CUDA).
+        p: probability of an element being zeroed, in [0, 1]. ``p = 0`` returns a copy of
+            ``x``; ``p = 1`` returns zeros (no NaN, also where ``x`` is inf or NaN: a
+            dropped element is exactly 0, where torch multiplies by 0).
+        training: when False, return ``x`` itself (as torch does).
+        seed: key of the mask's random stream, an int in [0, 2**64).
+        offset: counter offset within that stream, an int in [0, 2**64).
+
+    Returns:
+        ``y``: a new C-contiguous array of the caller's type.
+
+    Raises:
+        TypeError: ``x`` not a float32/float64 array, seed or offset not ints.
+        ValueError: ``p`` outside [0, 1], seed or offset outside [0, 2**64).
+
+    Example:
+        >>> x = np.ones(100_000, np.float32)
+        >>> y = dropout(x, 0.25, seed=7)
+        >>> sorted(set(y.tolist())) == [0.0, np.float32(1 / 0.75)]
+        True
+        >>> round(float((y == 0).mean()), 2)
+        0.25
+        >>> bool((dropout_backward(x, 0.25, seed=7) == y).all())  # the same mask
+        True
+    """
+    if not training:
+        backend_of((("x", x),))
+        _checks.float_dtype("x", x)
+        _checks.in_unit_interval("p", p)
+        return x
+    return _dropout(x, p, seed, offset, "x")
+
+
+def dropout_backward(dy: Any, p: float, *, seed: int, offset: int = 0) -> Any:
+    """Gradient of :func:`dropout` (training) w.r.t. its input: ``dx = dy·mask / (1 − p)``,
+    with the mask regenerated from the forward call's ``(seed, offset)``.
+
+    Args:
+        dy: gradient of the output, float32/float64, the forward input's shape.
+        p, seed, offset: the values of the forward call.
+
+    Returns:
+        ``dx``, a new array of the caller's type.
+    """
+    return _dropout(dy, p, seed, offset, "dy")

@@ -1,19 +1,103 @@
-"""Layers with torch's names, defaults and semantics, on NumPy or CUDA arrays."""
+"""Layers with torch's names, defaults and semantics, on NumPy or CUDA arrays.
+
+Every layer has ``forward(x)`` (also ``layer(x)``) and ``backward(dy) -> dx``, which
+differentiates the last forward call and writes the gradients of the layer's parameters
+into ``<name>_grad`` (``weight_grad``, ``bias_grad``): overwritten by each backward, as
+after torch's ``zero_grad(set_to_none=True)``. :class:`Sequential` chains layers, names
+their parameters as torch does (``"0.weight"``) and can move them into one
+:class:`~pyopt.optim.ParamBuffer` (:meth:`Sequential.flatten_parameters`), so that the
+backward pass writes every gradient into one flat buffer and an optimizer step is one
+kernel call.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from pyopt import _checks
-from pyopt._backend import copy_into, device_full, is_cuda_array, resolve_device, to_numpy
-from pyopt.functional import batch_norm, batch_norm_backward
+from pyopt import _checks, _random, init
+from pyopt._backend import (
+    array_module,
+    assign,
+    copy_into,
+    device_full,
+    is_cuda_array,
+    resolve_device,
+    to_numpy,
+)
+from pyopt.functional import batch_norm, batch_norm_backward, dropout, dropout_backward
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = [
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Linear",
+    "Module",
+    "ReLU",
+    "Sequential",
+]
 
 
-class BatchNorm:
+class Module:
+    """Base of pyopt's layers: train/eval mode, named parameters and their gradients."""
+
+    training = True
+    # Names of the parameter attributes; each has its gradient in "<name>_grad".
+    _param_names: tuple[str, ...] = ()
+
+    def forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dy: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (``mode=True``) or evaluation mode; returns the layer."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        """``(name, array)`` of every learnable parameter, in torch's order."""
+        return [(n, getattr(self, n)) for n in self._param_names if getattr(self, n) is not None]
+
+    def parameters(self) -> list[Any]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_grads(self) -> list[tuple[str, Any]]:
+        """``(name, gradient)`` aligned with :meth:`named_parameters` (None before the
+        first backward unless the parameters were flattened)."""
+        return [(n, getattr(self, f"{n}_grad")) for n, _ in self.named_parameters()]
+
+    def _store_grad(self, name: str, grad: Any) -> None:
+        """Write a parameter's gradient: into its existing array when there is one (a
+        flattened model's grad buffer), else as a new attribute."""
+        attr = f"{name}_grad"
+        current = getattr(self, attr)
+        if current is None:
+            setattr(self, attr, grad)
+        else:
+            assign(current, grad)
+
+    def _rebind(self, name: str, param: Any, grad: Any) -> None:
+        """Make ``param`` (already holding the values) and ``grad`` this parameter's arrays."""
+        setattr(self, name, param)
+        setattr(self, f"{name}_grad", grad)
+
+
+class BatchNorm(Module):
     """Batch normalization layer; a drop-in for ``torch.nn.BatchNorm{1,2,3}d``.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel along ``axis``. In
@@ -44,6 +128,7 @@ class BatchNorm:
     """
 
     _ranks: tuple[int, ...] | None = None
+    _param_names = ("weight", "bias")
 
     def __init__(
         self,
@@ -102,13 +187,6 @@ class BatchNorm:
             copy_into(self.weight, np.ones(self.num_features, self.dtype))
             copy_into(self.bias, np.zeros(self.num_features, self.dtype))
 
-    def train(self, mode: bool = True) -> BatchNorm:
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> BatchNorm:
-        return self.train(False)
-
     def _check_input(self, x: Any) -> None:
         ndim = len(x.shape)
         if self._ranks is not None and ndim not in self._ranks:
@@ -148,8 +226,6 @@ class BatchNorm:
         self._saved = (x, mean, invstd, use_batch_stats)
         return y
 
-    __call__ = forward
-
     def backward(self, dy: Any) -> Any:
         """Gradient w.r.t. the last forward input; stores ``weight_grad`` / ``bias_grad``."""
         if self._saved is None:
@@ -158,12 +234,10 @@ class BatchNorm:
         dx, dweight, dbias = batch_norm_backward(
             dy, x, self.weight, mean, invstd, training=use_batch_stats, axis=self.axis
         )
-        self.weight_grad, self.bias_grad = dweight, dbias
+        if dweight is not None:
+            self._store_grad("weight", dweight)
+            self._store_grad("bias", dbias)
         return dx
-
-    def parameters(self) -> list[Any]:
-        """The learnable arrays (``weight``, ``bias``), empty without affine."""
-        return [self.weight, self.bias] if self.affine else []
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """NumPy copies of parameters and buffers, under torch's key names."""
@@ -228,3 +302,407 @@ class BatchNorm3d(BatchNorm):
     """:class:`BatchNorm` over ``(N, C, D, H, W)`` input (``(N, D, H, W, C)`` with axis=-1)."""
 
     _ranks = (5,)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class Linear(Module):
+    """Affine layer ``y = x·Wᵀ + b``; a drop-in for ``torch.nn.Linear``.
+
+    ``weight`` is ``(out_features, in_features)``, ``bias`` ``(out_features,)``, both
+    initialized as torch does: U(−1/√in_features, 1/√in_features) (``kaiming_uniform_``
+    with ``a = √5`` for the weight). The matmuls run on NumPy (CPU) or CuPy (CUDA).
+    Backward: ``dx = dy·W``, ``weight_grad = dyᵀ·x``, ``bias_grad = Σ dy`` over every
+    leading axis.
+
+    Args:
+        in_features, out_features: sizes of the last axis of the input and output.
+        bias: learn an additive bias.
+        dtype: float32 or float64.
+        device: "auto", "cpu" or "cuda" (CUDA needs CuPy).
+        seed: key of the init stream (weight: offset 0, bias: offset 1); None draws from
+            the global generator (:func:`pyopt.manual_seed`).
+
+    Example:
+        >>> fc = Linear(4, 3, device="cpu", seed=0)
+        >>> y = fc(np.ones((2, 4), np.float32))
+        >>> dx = fc.backward(np.ones_like(y))
+        >>> y.shape, dx.shape, fc.weight_grad.shape, fc.bias_grad.tolist()
+        ((2, 3), (2, 4), (3, 4), [2.0, 2.0, 2.0])
+    """
+
+    _param_names = ("weight", "bias")
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: Any = np.float32,
+        device: str = "auto",
+        seed: int | None = None,
+    ):
+        self.in_features = _positive_int("in_features", in_features, 0)
+        self.out_features = _positive_int("out_features", out_features, 0)
+        self.dtype = _float_dtype(dtype)
+        self.device = resolve_device(device)
+        if self.device == "cuda":
+            _require_cupy("Linear")
+        self.weight = device_full(
+            (self.out_features, self.in_features), 0.0, self.dtype, self.device
+        )
+        self.bias = (
+            device_full((self.out_features,), 0.0, self.dtype, self.device) if bias else None
+        )
+        self.weight_grad = self.bias_grad = None
+        self._input: Any = None
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """torch's init: weight and bias from U(−1/√in_features, 1/√in_features)."""
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        keys = [_random.key_for(seed) for _ in range(2)] if seed is None else None
+        for k, arr in enumerate((self.weight, self.bias)):
+            if arr is not None:
+                key = keys[k] if keys is not None else (_random.check_u64("seed", seed), k)
+                init._fill(arr, "uniform", -bound, bound, key=key)
+
+    def forward(self, x: Any) -> Any:
+        """``x·Wᵀ + b`` over the last axis of ``x`` (``(*, in_features)``)."""
+        xp = _matching_module(x, self, "x")
+        if tuple(x.shape[-1:]) != (self.in_features,):
+            raise ValueError(
+                f"x must have shape (*, {self.in_features}) (in_features), got {tuple(x.shape)}"
+            )
+        y = xp.matmul(x, self.weight.T)
+        if self.bias is not None:
+            y += self.bias
+        self._input = x
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        """``dx = dy·W``; stores ``weight_grad = dyᵀ·x`` and ``bias_grad = Σ dy``."""
+        if self._input is None:
+            raise RuntimeError("backward() called before forward()")
+        x = self._input
+        xp = _matching_module(dy, self, "dy")
+        want = (*tuple(x.shape[:-1]), self.out_features)
+        _checks.shape_is("dy", dy, want, "the shape of the last output")
+        dy2 = dy.reshape(-1, self.out_features)
+        self._store_grad("weight", xp.matmul(dy2.T, x.reshape(-1, self.in_features)))
+        if self.bias is not None:
+            self._store_grad("bias", dy2.sum(axis=0))
+        return xp.matmul(dy, self.weight)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """NumPy copies of ``weight`` (and ``bias``), under torch's key names."""
+        return {name: to_numpy(arr) for name, arr in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _load_params(self, state)
+
+    def __repr__(self) -> str:
+        return (
+            f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, dtype={self.dtype.name}, device={self.device!r})"
+        )
+
+
+def _require_cupy(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        raise RuntimeError(
+            f"{what} on CUDA runs its matmuls with CuPy, which is not installed "
+            "(pip install pyopt-kernels[cuda13])"
+        )
+
+
+def _matching_module(x: Any, layer: Any, name: str) -> Any:
+    """The array library of ``x`` (NumPy or CuPy), which must match the layer's device and
+    dtype (no silent promotion)."""
+    xp = array_module(x)
+    on_cuda = xp is not np
+    if on_cuda != (layer.device == "cuda"):
+        where = "a CUDA" if on_cuda else "a NumPy"
+        raise TypeError(
+            f"{name} is {where} array but the layer's parameters live on {layer.device}; "
+            "create the layer with the matching device="
+        )
+    _checks.same_dtype(name, x, layer.dtype, "the layer's parameters")
+    return xp
+
+
+def _load_params(layer: Module, state: dict[str, Any]) -> None:
+    """Copy ``state`` into the layer's parameters, every key and shape checked first."""
+    params = dict(layer.named_parameters())
+    if set(state) != set(params):
+        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
+    values = {key: _host_copy(value) for key, value in state.items()}
+    for key, value in values.items():
+        _checks.shape_is(f"state_dict[{key!r}]", value, tuple(params[key].shape), "as saved")
+    for key, value in values.items():
+        copy_into(params[key], value.astype(layer.dtype))
+
+
+class ReLU(Module):
+    """``y = max(x, 0)``, NaN propagated; a drop-in for ``torch.nn.ReLU``.
+
+    Backward: ``dx = 0 where y <= 0, else dy`` (torch's ``threshold_backward``: a NaN
+    output passes its gradient through). Runs on NumPy or CuPy arrays.
+
+    Example:
+        >>> relu = ReLU()
+        >>> relu(np.array([-1.0, 0.0, 2.0])).tolist(), relu.backward(np.ones(3)).tolist()
+        ([0.0, 0.0, 2.0], [0.0, 0.0, 1.0])
+    """
+
+    def __init__(self) -> None:
+        self._output: Any = None
+
+    def forward(self, x: Any) -> Any:
+        xp = array_module(x)
+        _checks.float_dtype("x", x)
+        self._output = xp.maximum(x, x.dtype.type(0))
+        return self._output
+
+    def backward(self, dy: Any) -> Any:
+        if self._output is None:
+            raise RuntimeError("backward() called before forward()")
+        xp = array_module(dy)
+        _checks.shape_is("dy", dy, tuple(self._output.shape), "the shape of the last output")
+        return xp.where(self._output <= 0, dy.dtype.type(0), dy)
+
+    def __repr__(self) -> str:
+        return "ReLU()"
+
+
+class Dropout(Module):
+    """Inverted dropout layer; a drop-in for ``torch.nn.Dropout`` whose mask is never stored.
+
+    In training each forward call draws a new mask (:func:`pyopt.functional.dropout` with
+    this layer's ``seed`` and an ``offset`` that advances by one per call) and
+    :meth:`backward` regenerates the mask of the last forward. In eval it is the identity.
+
+    Args:
+        p: probability of zeroing an element, in [0, 1].
+        seed: key of the layer's stream; None derives one from the global generator
+            (:func:`pyopt.manual_seed`), different for every layer created.
+
+    Attributes:
+        offset: the offset the next training forward uses.
+
+    Example:
+        >>> drop = Dropout(0.5, seed=3)
+        >>> y = drop(np.ones(8, np.float32))
+        >>> bool((drop.backward(np.ones(8, np.float32)) == y).all())
+        True
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None):
+        self.p = _checks.in_unit_interval("p", p)
+        self.seed = _random.derive_seed() if seed is None else _random.check_u64("seed", seed)
+        self.offset = 0
+        self._last: int | None = None  # offset of the last forward; None: identity
+
+    def forward(self, x: Any) -> Any:
+        if not self.training:
+            self._last = None
+            return dropout(x, self.p, training=False, seed=self.seed)
+        y = dropout(x, self.p, seed=self.seed, offset=self.offset)
+        self._last = self.offset
+        self.offset = (self.offset + 1) % (1 << 64)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        if self._last is None:
+            return dy
+        return dropout_backward(dy, self.p, seed=self.seed, offset=self._last)
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p}, seed={self.seed})"
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse.
+
+    Parameters are named ``"<index>.<name>"`` as in torch (``"0.weight"``), and
+    :meth:`state_dict` uses torch's keys, so a torch ``nn.Sequential`` of the same layers
+    loads it.
+
+    Example:
+        >>> net = Sequential(Linear(4, 8, device="cpu"), ReLU(), Linear(8, 2, device="cpu"))
+        >>> buf = net.flatten_parameters()
+        >>> y = net(np.ones((3, 4), np.float32))
+        >>> _ = net.backward(np.ones_like(y))  # every gradient lands in buf.grad
+        >>> [name for name, _ in net.named_parameters()], buf.size
+        (['0.weight', '0.bias', '2.weight', '2.bias'], 58)
+    """
+
+    def __init__(self, *layers: Module):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}] must be a pyopt.nn layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def __getitem__(self, index: int) -> Module:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.layers)
+
+    def forward(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dy: Any) -> Any:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def named_parameters(self) -> list[tuple[str, Any]]:
+        return [
+            (f"{i}.{n}", p)
+            for i, layer in enumerate(self.layers)
+            for n, p in layer.named_parameters()
+        ]
+
+    def named_grads(self) -> list[tuple[str, Any]]:
+        return [
+            (f"{i}.{n}", g) for i, layer in enumerate(self.layers) for n, g in layer.named_grads()
+        ]
+
+    def flatten_parameters(self) -> Any:
+        """Move every parameter into one :class:`~pyopt.optim.ParamBuffer` and every
+        gradient into its ``grad`` buffer; returns the buffer.
+
+        The layers keep working on views of the buffer (``buf.params`` / ``buf.grads``,
+        keyed by :meth:`named_parameters`' names), so an optimizer built on
+        ``buf.params`` and stepped with ``buf.grads`` is one kernel call per step.
+        All parameters must share one dtype and device.
+        """
+        from pyopt.optim import ParamBuffer
+
+        named = self.named_parameters()
+        if not named:
+            raise ValueError("the model has no parameters to flatten")
+        dtypes = {np.dtype(p.dtype) for _, p in named}
+        devices = {"cuda" if is_cuda_array(p) else "cpu" for _, p in named}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise TypeError(
+                "flatten_parameters needs one dtype and one device, got "
+                f"{sorted(map(str, dtypes))} on {sorted(devices)}"
+            )
+        buf = ParamBuffer(
+            {name: tuple(p.shape) for name, p in named}, dtype=dtypes.pop(), device=devices.pop()
+        )
+        for name, p in named:
+            assign(buf.params[name], p)
+        for i, layer in enumerate(self.layers):
+            for name, _ in layer.named_parameters():
+                key = f"{i}.{name}"
+                layer._rebind(name, buf.params[key], buf.grads[key])
+        return buf
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every layer's state under ``"<index>.<key>"`` (torch's ``nn.Sequential`` keys)."""
+        state = {}
+        for i, layer in enumerate(self.layers):
+            sub = layer.state_dict() if hasattr(layer, "state_dict") else {}
+            state.update({f"{i}.{key}": value for key, value in sub.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`: every key is checked before anything is copied."""
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
+        for i, layer in enumerate(self.layers):
+            prefix = f"{i}."
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if sub:
+                layer.load_state_dict(sub)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+
+class CrossEntropyLoss:
+    """Mean softmax cross-entropy over a batch of logits; ``torch.nn.CrossEntropyLoss()``
+    with its defaults (class-index targets, ``reduction="mean"``).
+
+    ``loss = mean_i(logsumexp(z_i) − z_i[t_i])``; :meth:`backward` returns
+    ``(softmax(z) − onehot(t)) / N``. Computed in the logits' dtype with the max
+    subtracted (no overflow). Runs on NumPy or CuPy arrays.
+
+    Example:
+        >>> loss_fn = CrossEntropyLoss()
+        >>> loss = loss_fn(np.zeros((2, 4)), np.array([0, 3]))
+        >>> round(loss, 6), loss_fn.backward().shape  # log(4)
+        (1.386294, (2, 4))
+    """
+
+    def __init__(self) -> None:
+        self._saved: tuple[Any, Any] | None = None
+
+    def __call__(self, logits: Any, target: Any) -> float:
+        return self.forward(logits, target)
+
+    def forward(self, logits: Any, target: Any) -> float:
+        xp = array_module(logits)
+        _checks.float_dtype("logits", logits)
+        if len(logits.shape) != 2:
+            raise ValueError(f"logits must have shape (N, classes), got {tuple(logits.shape)}")
+        n, classes = logits.shape
+        _checks.shape_is("target", target, (n,), "one class index per row of logits")
+        if n == 0:
+            raise ValueError("logits is an empty batch")
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+        if bool(((target < 0) | (target >= classes)).any()):
+            raise ValueError(f"target has class indices outside [0, {classes})")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_z = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        log_probs = shifted - log_z
+        rows = xp.arange(n)
+        self._saved = (log_probs, target)
+        return float(-log_probs[rows, target].mean())
+
+    def backward(self) -> Any:
+        """``dloss/dlogits`` of the last call."""
+        if self._saved is None:
+            raise RuntimeError("backward() called before forward()")
+        log_probs, target = self._saved
+        xp = array_module(log_probs)
+        n = log_probs.shape[0]
+        grad = xp.exp(log_probs)
+        grad[xp.arange(n), target] -= 1
+        grad /= n
+        return grad

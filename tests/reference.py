@@ -224,3 +224,66 @@ OPTIMIZERS = {
     "RMSprop": rmsprop,
     "Adadelta": adadelta,
 }
+
+
+# --- Training toolkit ---------------------------------------------------------------
+
+
+def fans(shape):
+    """torch's ``(fan_in, fan_out)`` of a weight shaped ``(out, in, *kernel)``."""
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def init_distribution(name, shape, **kw):
+    """``(kind, mean, std, bound)`` of an initializer's distribution, from the formulas:
+    uniform U(-b, b) has std b/√3; ``bound`` is None for normals."""
+    fan_in, fan_out = fans(shape) if len(shape) >= 2 else (None, None)
+    gain = kw.get("gain", 1.0)
+    if name == "uniform_":
+        a, b = kw.get("a", 0.0), kw.get("b", 1.0)
+        return "uniform", (a + b) / 2, (b - a) / np.sqrt(12.0), (a, b)
+    if name == "normal_":
+        return "normal", kw.get("mean", 0.0), kw.get("std", 1.0), None
+    if name in ("xavier_uniform_", "xavier_normal_"):
+        std = gain * np.sqrt(2.0 / (fan_in + fan_out))
+    elif name in ("kaiming_uniform_", "kaiming_normal_"):
+        fan = fan_in if kw.get("mode", "fan_in") == "fan_in" else fan_out
+        nonlinearity = kw.get("nonlinearity", "leaky_relu")
+        slope = kw.get("a", 0.0)
+        gains = {"relu": np.sqrt(2.0), "linear": 1.0, "tanh": 5.0 / 3, "selu": 0.75}
+        g = gains.get(nonlinearity, np.sqrt(2.0 / (1 + slope**2)))
+        std = g / np.sqrt(fan)
+    elif name == "lecun_normal_":
+        std = 1.0 / np.sqrt(fan_in)
+    else:
+        raise KeyError(name)
+    if name.endswith("uniform_"):
+        bound = np.sqrt(3.0) * std
+        return "uniform", 0.0, std, (-bound, bound)
+    return "normal", 0.0, std, None
+
+
+def moment_bounds(kind, std, n, sigmas=5.0):
+    """5-sigma half-widths ``(for the sample mean, for the sample variance)`` of ``n``
+    independent draws: var(mean) = σ²/n; var(s²) ≈ (μ₄ − σ⁴)/n with μ₄ = 3σ⁴ (normal) or
+    9σ⁴/5 (uniform)."""
+    mu4 = 3.0 if kind == "normal" else 1.8
+    return sigmas * std / np.sqrt(n), sigmas * std**2 * np.sqrt((mu4 - 1.0) / n)
+
+
+def dropout_keep_bounds(p, n, sigmas=5.0):
+    """Kept count of ``n`` elements: expectation n(1 − p), 5-sigma half-width √(n p (1 − p))."""
+    return n * (1 - p), sigmas * np.sqrt(n * p * (1 - p))
+
+
+def cross_entropy(logits, target):
+    """Mean softmax cross-entropy and its gradient w.r.t. the logits, in float64."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n = z.shape[0]
+    loss = -log_probs[np.arange(n), target].mean()
+    grad = np.exp(log_probs)
+    grad[np.arange(n), target] -= 1
+    return loss, grad / n

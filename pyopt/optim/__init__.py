@@ -6,6 +6,7 @@ dtype. ``step`` fuses global-norm clipping, loss-scale division and the non-fini
 into the update.
 """
 
+from pyopt.optim import lr_scheduler
 from pyopt.optim._algorithms import SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop
 from pyopt.optim._optimizer import Optimizer, StepResult
 from pyopt.optim._param_buffer import ParamBuffer
@@ -20,4 +21,5 @@ __all__ = [
     "ParamBuffer",
     "RMSprop",
     "StepResult",
+    "lr_scheduler",
 ]

@@ -1,0 +1,191 @@
+"""Gradient clipping with ``torch.nn.utils``' semantics: ``clip_grad_norm_``, ``clip_grad_value_``.
+
+Grads that lie end to end in one allocation (a :class:`pyopt.optim.ParamBuffer`'s
+``grads``) are handled as one flat array: a norm is one kernel call (one CUDA launch)
+and the scaling one more, however many tensors the model has.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pyopt import _checks, _multi
+from pyopt._backend import backend_of, call_for, kernels_for
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+
+
+def _grad_list(grads: Any) -> list[Any]:
+    """The non-None arrays of ``grads``: one array, a list/tuple, or a dict's values."""
+    if isinstance(grads, Mapping):
+        items = list(grads.values())
+    elif isinstance(grads, Sequence) and not isinstance(grads, str):
+        items = list(grads)
+    elif grads is None:
+        items = []
+    else:
+        items = [grads]
+    return [g for g in items if g is not None]
+
+
+def _prepare(grads: Any) -> tuple[Any, list[Any], Any, np.dtype] | None:
+    """Validate ``grads``; ``(call, pieces, kernels, dtype)`` or None when there are none.
+
+    ``pieces`` cover the grads with one array per run of arrays that lie end to end in
+    one allocation. Nothing is modified here.
+    """
+    arrays = _grad_list(grads)
+    if not arrays:
+        return None
+    backend = backend_of((f"grads[{i}]", g) for i, g in enumerate(arrays))
+    dtypes = [_checks.float_dtype(f"grads[{i}]", g) for i, g in enumerate(arrays)]
+    call = call_for(backend, arrays[0])
+    for i, g in enumerate(arrays):
+        call.check_inplace(f"grads[{i}]", g)
+    pieces = [
+        _multi.span(arrays[lo:hi]) if hi - lo > 1 else arrays[lo]
+        for lo, hi in _multi.runs([arrays])
+    ]
+    return call, pieces, kernels_for(backend, "clip"), np.result_type(*dtypes)
+
+
+def _stream(call: Any) -> dict[str, Any]:
+    return {} if call.stream is None else {"stream": call.stream}
+
+
+def _update_each(call: Any, pieces: list[Any], fn: Any) -> None:
+    """``fn(flat, dtype_type)`` on a 1-D in-place view of every piece (a strided NumPy
+    piece goes through a contiguous copy that is written back)."""
+    for piece in pieces:
+        work, writeback = call.inplace(piece)
+        fn(work.reshape(math.prod(work.shape)), np.dtype(piece.dtype).type)
+        if writeback is not None:
+            writeback()
+
+
+def clip_grad_norm_(
+    grads: Any,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+) -> Any:
+    """Scale ``grads`` in place so that their total norm is at most ``max_norm``.
+
+    ``total = ‖(‖g₁‖ₚ, ‖g₂‖ₚ, …)‖ₚ`` (the p-norm of all elements together; ``p = inf`` the
+    largest |g|, ``-inf`` the smallest), then every grad is multiplied by
+    ``min(max_norm / (total + 1e-6), 1)``, computed in the grads' dtype as torch does.
+    Semantics of ``torch.nn.utils.clip_grad_norm_`` (torch 2.13), with grads passed
+    directly instead of parameters. The partial sums are accumulated in float64 and
+    added in a fixed order: the norm does not depend on the thread count.
+
+    Args:
+        grads: one array, a list/tuple of arrays (``None`` entries skipped, like
+            parameters without ``.grad``), or a dict name -> array
+            (``ParamBuffer.grads``). float32/float64, all NumPy or all CUDA.
+        max_norm: the largest norm allowed.
+        norm_type: p of the p-norm: a positive number, ``inf`` or ``-inf``.
+        error_if_nonfinite: raise ``RuntimeError`` (modifying nothing) when the total norm
+            is inf or NaN, instead of scaling by a NaN or zero coefficient.
+
+    Returns:
+        The total norm before clipping, a NumPy scalar of the grads' (promoted) dtype
+        (``0.0`` when there are no grads).
+
+    Raises:
+        TypeError: grads that are not float32/float64 arrays, or mix host and device.
+        ValueError: ``norm_type`` 0 or a negative finite p (not supported; torch allows
+            them), a NaN ``max_norm``, non-contiguous CUDA grads.
+        RuntimeError: non-finite total norm with ``error_if_nonfinite``.
+
+    Example:
+        >>> g = [np.full(4, 3.0, np.float32), np.full(9, 4.0, np.float32)]
+        >>> float(clip_grad_norm_(g, max_norm=1.0))  # √(4·9 + 9·16) = √180
+        13.416407585144043
+        >>> round(float(np.sqrt(sum((x.astype(np.float64) ** 2).sum() for x in g))), 5)
+        1.0
+    """
+    max_norm = _checks.real_scalar("max_norm", max_norm)
+    p = _checks.real_scalar("norm_type", norm_type)
+    if not (p > 0 or p == -math.inf):
+        raise ValueError(
+            f"norm_type must be positive, inf or -inf, got {norm_type} "
+            "(pyopt does not support the 0 'norm' or negative finite p)"
+        )
+    prepared = _prepare(grads)
+    if prepared is None:
+        return np.float32(0.0)
+    call, pieces, kernels, dtype = prepared
+    flats = [call.contiguous(piece) for piece in pieces]
+    flats = [flat.reshape(math.prod(flat.shape)) for flat in flats]
+    rows = [kernels.norm_partials_blocks(flat.shape[0]) for flat in flats]
+    _, out = call.empty((sum(rows),), np.dtype(np.float64))
+    start = 0
+    for flat, count in zip(flats, rows, strict=True):
+        if count:
+            kernels.norm_partials(flat, out[start : start + count], p, **_stream(call))
+        start += count
+    if call.stream is not None:
+        host = out.copy_to_host(stream=call.stream)
+        call.stream.synchronize()
+    else:
+        host = out
+    total = dtype.type(_combine(host, p))
+    if error_if_nonfinite and not np.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
+            "non-finite, so it cannot be clipped. To disable this error and scale the "
+            "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
+        )
+    coef = dtype.type(max_norm) / (total + dtype.type(1e-6))
+    # torch multiplies by min(coef, 1) always; x·1 == x, so only coef < 1 (or NaN) writes.
+    if not coef >= 1:
+        _update_each(call, pieces, lambda flat, t: kernels.scale_(flat, t(coef), **_stream(call)))
+    return total
+
+
+def _combine(partials: np.ndarray, p: float) -> float:
+    """The total p-norm from the per-block partials (max / min |g|, or Σ|g|^p)."""
+    if partials.size == 0:
+        return 0.0
+    if p == math.inf:
+        return float(np.max(partials))
+    if p == -math.inf:
+        return float(np.min(partials))
+    total = float(np.sum(partials))
+    if p == 1.0:
+        return total
+    if p == 2.0:
+        return math.sqrt(total)
+    return total ** (1.0 / p)
+
+
+def clip_grad_value_(grads: Any, clip_value: float) -> None:
+    """Clamp every gradient element into ``[-clip_value, clip_value]`` in place.
+
+    ``torch.nn.utils.clip_grad_value_``'s semantics: NaN stays NaN; a negative
+    ``clip_value`` sets everything to ``clip_value`` (``torch.clamp`` with min > max).
+
+    Args:
+        grads: as :func:`clip_grad_norm_`.
+        clip_value: the bound.
+
+    Example:
+        >>> g = np.array([-3.0, 0.5, 2.0, np.nan])
+        >>> clip_grad_value_([g], 1.0)
+        >>> g.tolist()
+        [-1.0, 0.5, 1.0, nan]
+    """
+    clip_value = _checks.real_scalar("clip_value", clip_value)
+    prepared = _prepare(grads)
+    if prepared is None:
+        return
+    call, pieces, kernels, _ = prepared
+    _update_each(
+        call,
+        pieces,
+        lambda flat, t: kernels.clamp_(flat, t(-clip_value), t(clip_value), **_stream(call)),
+    )

@@ -1,0 +1,258 @@
+"""Weight initialization with ``torch.nn.init``'s names, fan computation and gain table.
+
+Each function fills an array in place and returns it. NumPy arrays are filled by the CPU
+kernels, CUDA arrays on the device (no host round trip), both from the same Philox stream
+(``pyopt/_random.py``): the same ``seed`` gives the same values on either backend (to an
+ulp for normals, whose ``log``/``cos`` come from different math libraries). Without
+``seed`` a call draws from the global generator (:func:`pyopt.manual_seed`).
+
+Weights are shaped ``(out, in, *kernel)`` as in torch: ``fan_in = in * prod(kernel)``,
+``fan_out = out * prod(kernel)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pyopt import _checks, _random
+from pyopt._backend import backend_of, call_for, copy_into, kernels_for
+
+__all__ = [
+    "calculate_gain",
+    "constant_",
+    "kaiming_normal_",
+    "kaiming_uniform_",
+    "lecun_normal_",
+    "normal_",
+    "ones_",
+    "uniform_",
+    "xavier_normal_",
+    "xavier_uniform_",
+    "zeros_",
+]
+
+_LINEAR_LIKE = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+)
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    """The recommended gain for a nonlinearity (torch's table).
+
+    ========================== ===============================
+    linear, conv*, sigmoid     1
+    tanh                       5/3
+    relu                       √2
+    leaky_relu                 √(2 / (1 + slope²)), slope = ``param`` (default 0.01)
+    selu                       3/4
+    ========================== ===============================
+
+    Raises:
+        ValueError: an unknown nonlinearity, or a ``param`` that is not a number.
+
+    Example:
+        >>> round(calculate_gain("leaky_relu", 0.2), 5)
+        1.38675
+    """
+    if nonlinearity in _LINEAR_LIKE:
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            slope = 0.01
+        elif isinstance(param, numbers.Real) and not isinstance(param, bool):
+            slope = float(param)
+        else:
+            raise ValueError(f"negative_slope {param} not a valid number")
+        return math.sqrt(2.0 / (1 + slope**2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"Unsupported nonlinearity {nonlinearity}")
+
+
+def _fans(tensor: Any) -> tuple[int, int]:
+    shape = tuple(tensor.shape)
+    if len(shape) < 2:
+        raise ValueError(
+            "Fan in and fan out can not be computed for tensor with fewer than 2 dimensions"
+        )
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _fan(tensor: Any, mode: str) -> int:
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"Mode {mode} not supported, please use one of fan_in, fan_out")
+    fan_in, fan_out = _fans(tensor)
+    return fan_in if mode == "fan_in" else fan_out
+
+
+def _fill(
+    tensor: Any, kind: str, a: float, b: float, seed: Any = None, key: tuple[int, int] | None = None
+) -> Any:
+    """Fill ``tensor`` in place: ``kind`` "uniform" on [a, b) or "normal" N(a, b²), from
+    the stream ``key = (seed, offset)`` (by default that of :func:`_random.key_for`)."""
+    backend = backend_of((("tensor", tensor),))
+    _checks.float_dtype("tensor", tensor)
+    call = call_for(backend, tensor)
+    call.check_inplace("tensor", tensor)
+    key = _random.key_for(seed) if key is None else key
+    n = math.prod(tuple(tensor.shape))
+    if n == 0:
+        return tensor
+    kernels = kernels_for(backend, "random")
+    work, writeback = call.inplace(tensor)
+    extra = {} if backend == "cpu" else {"stream": call.stream}
+    fill = kernels.uniform_ if kind == "uniform" else kernels.normal_
+    fill(work.reshape(n), a, b, *key, **extra)
+    if writeback is not None:
+        writeback()
+    return tensor
+
+
+def _real(name: str, value: Any) -> float:
+    return _checks.real_scalar(name, value)
+
+
+def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0, *, seed: int | None = None) -> Any:
+    """Fill ``tensor`` with values from U(a, b): ``a + (b − a)·u``, u uniform on [0, 1).
+
+    Args:
+        tensor: float32/float64 NumPy or CUDA array (C-contiguous on CUDA), filled in place.
+        a, b: the bounds.
+        seed: key of the Philox stream (an int in [0, 2**64)); None draws from the global
+            generator (:func:`pyopt.manual_seed`).
+
+    Returns:
+        ``tensor``.
+
+    Example:
+        >>> w = uniform_(np.empty((2, 3), np.float32), -1.0, 1.0, seed=0)
+        >>> bool((np.abs(w) <= 1.0).all())
+        True
+    """
+    return _fill(tensor, "uniform", _real("a", a), _real("b", b), seed)
+
+
+def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, *, seed: int | None = None) -> Any:
+    """Fill ``tensor`` with values from N(mean, std²) (Box–Muller on the Philox stream).
+
+    Args and returns as :func:`uniform_`; ``std`` must be >= 0.
+    """
+    std = _real("std", std)
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    return _fill(tensor, "normal", _real("mean", mean), std, seed)
+
+
+def constant_(tensor: Any, val: float) -> Any:
+    """Fill ``tensor`` with ``val``."""
+    backend_of((("tensor", tensor),))
+    dtype = _checks.float_dtype("tensor", tensor)
+    copy_into(tensor, np.full(tuple(tensor.shape), _real("val", val), dtype=dtype))
+    return tensor
+
+
+def zeros_(tensor: Any) -> Any:
+    """Fill ``tensor`` with zeros."""
+    return constant_(tensor, 0.0)
+
+
+def ones_(tensor: Any) -> Any:
+    """Fill ``tensor`` with ones."""
+    return constant_(tensor, 1.0)
+
+
+def xavier_uniform_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) -> Any:
+    """Glorot / Xavier uniform: U(−bound, bound), ``bound = gain·√(6 / (fan_in + fan_out))``
+    (standard deviation ``gain·√(2 / (fan_in + fan_out))``; Glorot & Bengio, 2010).
+
+    Example:
+        >>> w = xavier_uniform_(np.empty((64, 32)), seed=1)
+        >>> bool(np.abs(w).max() <= np.sqrt(6 / 96))
+        True
+    """
+    fan_in, fan_out = _fans(tensor)
+    std = _real("gain", gain) * math.sqrt(2.0 / float(fan_in + fan_out))
+    bound = math.sqrt(3.0) * std
+    return _fill(tensor, "uniform", -bound, bound, seed)
+
+
+def xavier_normal_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) -> Any:
+    """Glorot / Xavier normal: N(0, std²), ``std = gain·√(2 / (fan_in + fan_out))``."""
+    fan_in, fan_out = _fans(tensor)
+    std = _real("gain", gain) * math.sqrt(2.0 / float(fan_in + fan_out))
+    return _fill(tensor, "normal", 0.0, std, seed)
+
+
+def _kaiming_std(tensor: Any, a: float, mode: str, nonlinearity: str) -> float | None:
+    """``gain / √fan``; None for a zero-element tensor (torch: a no-op with a warning)."""
+    if 0 in tuple(tensor.shape):
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+        return None
+    fan = _fan(tensor, mode)
+    gain = calculate_gain(nonlinearity, a)
+    return gain / math.sqrt(fan)
+
+
+def kaiming_uniform_(
+    tensor: Any,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    *,
+    seed: int | None = None,
+) -> Any:
+    """He / Kaiming uniform: U(−bound, bound), ``bound = gain·√(3 / fan)``, with
+    ``gain = calculate_gain(nonlinearity, a)`` and ``fan`` = fan_in or fan_out by
+    ``mode`` (He et al., 2015). ``a`` is the negative slope of a leaky ReLU.
+
+    Example:
+        >>> w = kaiming_uniform_(np.empty((128, 64)), nonlinearity="relu", seed=0)
+        >>> bool(np.abs(w).max() <= np.sqrt(6 / 64))
+        True
+    """
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
+    if std is None:
+        return tensor
+    bound = math.sqrt(3.0) * std
+    return _fill(tensor, "uniform", -bound, bound, seed)
+
+
+def kaiming_normal_(
+    tensor: Any,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    *,
+    seed: int | None = None,
+) -> Any:
+    """He / Kaiming normal: N(0, std²), ``std = gain / √fan`` (see :func:`kaiming_uniform_`)."""
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
+    return tensor if std is None else _fill(tensor, "normal", 0.0, std, seed)
+
+
+def lecun_normal_(tensor: Any, *, seed: int | None = None) -> Any:
+    """LeCun normal: N(0, 1 / fan_in) (LeCun et al., 1998).
+
+    This is "Xavier with variance 1/n": Xavier's variance scaling with ``n = fan_in``
+    alone, i.e. :func:`kaiming_normal_` with ``nonlinearity="linear"``. The usual init for
+    SELU networks. Untruncated (Flax's ``lecun_normal`` truncates at 2 std).
+    """
+    fan_in, _ = _fans(tensor)
+    return _fill(tensor, "normal", 0.0, 1.0 / math.sqrt(fan_in), seed)
