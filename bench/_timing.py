@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +51,26 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     """``{"p20", "p50", "p80"}`` of a list of seconds, in milliseconds."""
     p20, p50, p80 = np.percentile(np.asarray(seconds) * 1e3, [20, 50, 80])
     return {"p20": float(p20), "p50": float(p50), "p80": float(p80)}
+
+
+def timing_fields(
+    seconds: list[float], nbytes: int, torch_seconds: list[float], probe_gbs: float
+) -> dict[str, float]:
+    """A result row's timing fields for one provider's ``seconds``.
+
+    ``p20_ms``/``p50_ms``/``p80_ms``, ``min_bytes`` (``nbytes``), ``gbs`` (``nbytes`` over
+    the p50 time), ``pct_of_bandwidth`` (that over ``probe_gbs``, a fraction) and
+    ``speedup_vs_torch`` (the p50 of ``torch_seconds`` over this p50).
+    """
+    pct = percentiles_ms(seconds)
+    gbs = nbytes / (pct["p50"] * 1e-3) / 1e9
+    return {
+        **{f"{k}_ms": v for k, v in pct.items()},
+        "min_bytes": nbytes,
+        "gbs": gbs,
+        "pct_of_bandwidth": gbs / probe_gbs,
+        "speedup_vs_torch": float(np.median(torch_seconds)) / float(np.median(seconds)),
+    }
 
 
 @njit(parallel=True, cache=True)
@@ -138,6 +161,30 @@ def machine_tag(info: dict[str, object]) -> str:
     name = re.sub(r"\(R\)|\(TM\)|CPU|Processor|\d+-Core", " ", name, flags=re.IGNORECASE)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "cpu"
     return f"{slug}-{info['cores']}c"
+
+
+def cold_compile_times(snippet: str, *argv: str) -> dict[str, object]:
+    """Run ``python -c snippet *argv`` in the repository with an empty Numba cache.
+
+    The snippet prints a JSON object of seconds as its last line of output (``import_s``
+    for its imports, ``<kernel>_s`` for the first call of each kernel); ``total_s`` (all
+    but ``import_s``) is added. On failure: ``{"error": <end of stderr>}``.
+    """
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        proc = subprocess.run(
+            [sys.executable, "-c", snippet, *argv],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-2000:]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["total_s"] = sum(v for k, v in result.items() if k != "import_s")
+    return result
 
 
 def print_probe(bandwidth: dict, compile_info: dict, what: str) -> None:

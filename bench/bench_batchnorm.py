@@ -28,10 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +37,7 @@ import numpy as np
 from bench._timing import (
     REPO,
     bandwidth_probe,
+    cold_compile_times,
     interleaved,
     machine_info,
     machine_tag,
@@ -80,21 +77,7 @@ print(json.dumps(out))
 
 def compile_times(dtype: str) -> dict[str, object]:
     """First-call times in a fresh process with an empty Numba cache (a cold JIT compile)."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        proc = subprocess.run(
-            [sys.executable, "-c", _COMPILE_SNIPPET, dtype],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip()[-2000:]}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["total_s"] = sum(v for k, v in result.items() if k != "import_s")
-    return result
+    return cold_compile_times(_COMPILE_SNIPPET, dtype)
 
 
 def _case(shape, layout, dtype, repeats, warmup, rng):

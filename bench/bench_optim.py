@@ -42,9 +42,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,6 +52,7 @@ from numba import njit, prange
 from bench._timing import (
     REPO,
     bandwidth_probe,
+    cold_compile_times,
     interleaved,
     machine_info,
     machine_tag,
@@ -116,21 +114,7 @@ print(json.dumps(out))
 
 def compile_times() -> dict[str, object]:
     """First float32 call of each launcher in a fresh process with an empty Numba cache."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        proc = subprocess.run(
-            [sys.executable, "-c", _COMPILE_SNIPPET],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip()[-2000:]}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["total_s"] = sum(v for k, v in result.items() if k != "import_s")
-    return result
+    return cold_compile_times(_COMPILE_SNIPPET)
 
 
 @njit(parallel=True, cache=True)

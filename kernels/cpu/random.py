@@ -112,51 +112,52 @@ def _dropout_kernel(
 
 
 @njit(inline="always", cache=True)
-def _fill_block(out, j, block, count, a, b, seed, offset, normal):
-    """:func:`_normal_block` with ``(mean, std) = (a, b)`` if ``normal``, else
-    :func:`_uniform_block` with ``(low, high) = (a, b)``."""
-    if normal:
-        _normal_block(out, j, block, count, a, b, seed, offset)
-    else:
-        _uniform_block(out, j, block, count, a, b, seed, offset)
-
-
-@njit(inline="always", cache=True)
-def _fill_unit(out, lo, hi, a, b, seed, offset, normal):
-    """The full blocks ``[lo, hi)`` of out; ``normal`` is a constant at every call site,
-    so each copy of the loop holds one map (and the uniform one vectorizes)."""
-    outs = out[4 * lo : 4 * hi]
-    for j in range(hi - lo):
-        _fill_block(outs, j, lo + j, 4, a, b, seed, offset, normal)
-
-
-@njit(**_KERNEL_OPTIONS)
-def _fill_kernel(
-    out,  # (n,) out
-    a,  # out.dtype: low (uniform) or mean (normal)
-    b,  # out.dtype: high (uniform) or std (normal)
-    seed,  # uint64
-    offset,  # uint64
-    unit,  # blocks of 4 elements per unit of work
-    normal,  # bool: normal fill, else uniform
-):
-    """Uniform fill ``out = low + (high − low)·u``, ``u ∈ [0, 1)`` (``philox.uniform``), or
-    normal fill ``out = mean + std·z``, z from Box-Muller on word pairs
-    (``philox.normal_pair``).
-
-    Memory: writes out once (4 B/elem in float32); the normal fill is compute-bound on the
-    CPU (a scalar libm log per pair keeps its loop from vectorizing).
-    """
+def _fill_all(out, a, b, seed, offset, unit, fill_block):
+    """Every element of out by ``fill_block`` (:func:`_uniform_block` or
+    :func:`_normal_block`, a compile-time constant: each kernel compiles only its map)."""
     n = out.size
     full = n // 4
     for u in prange((full + unit - 1) // unit):
         lo, hi = _unit_blocks(full, unit, u)
-        if normal:
-            _fill_unit(out, lo, hi, a, b, seed, offset, True)
-        else:
-            _fill_unit(out, lo, hi, a, b, seed, offset, False)
+        outs = out[4 * lo : 4 * hi]
+        for j in range(hi - lo):
+            fill_block(outs, j, lo + j, 4, a, b, seed, offset)
     if n > 4 * full:
-        _fill_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset, normal)
+        fill_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
+
+
+@njit(**_KERNEL_OPTIONS)
+def _uniform_kernel(
+    out,  # (n,) out
+    low,  # out.dtype
+    high,  # out.dtype
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+):
+    """Uniform fill ``out = low + (high − low)·u``, ``u ∈ [0, 1)`` (``philox.uniform``).
+
+    Memory: writes out once (4 B/elem in float32).
+    """
+    _fill_all(out, low, high, seed, offset, unit, _uniform_block)
+
+
+@njit(**_KERNEL_OPTIONS)
+def _normal_kernel(
+    out,  # (n,) out
+    mean,  # out.dtype
+    std,  # out.dtype
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+):
+    """Normal fill ``out = mean + std·z``, z from Box-Muller on word pairs
+    (``philox.normal_pair``).
+
+    Memory: writes out once (4 B/elem in float32); compute-bound on the CPU (a scalar
+    libm log per pair keeps the loop from vectorizing).
+    """
+    _fill_all(out, mean, std, seed, offset, unit, _normal_block)
 
 
 def _unit():
@@ -165,10 +166,12 @@ def _unit():
 
 
 def _fill(out, a, b, seed, offset, normal):
-    """:func:`_fill_kernel` on ``out`` with ``a``, ``b`` cast to its dtype; nothing if empty."""
+    """The uniform or normal kernel on ``out`` with ``a``, ``b`` cast to its dtype; nothing
+    if empty."""
     if out.size > 0:
         f = out.dtype.type
-        _fill_kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit(), normal)
+        kernel = _normal_kernel if normal else _uniform_kernel
+        kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit())
 
 
 def dropout(x, y, threshold, scale, seed, offset):
