@@ -16,6 +16,11 @@ splits a warp before a reduction; a block's thread count must be a multiple of 3
 shuffle that reads a lane the block does not have raises). A warp whose lanes do not all
 arrive fails with a ``RuntimeError`` after ``_BARRIER_TIMEOUT_S`` instead of hanging.
 
+``install()`` also makes ``cuda.shared.array`` thread-safe: the simulator's version looks up
+the block's array by call site and creates it when missing, unlocked, so two threads of a
+block can each create one and write their partials into arrays the others never read
+(seen as a NaN grad norm from ``np.empty`` garbage in a loaded CI run).
+
 ``SMALL_LAUNCH`` shrinks ``pyopt.kernels.config`` so that inputs of a few hundred
 elements span several blocks, partial blocks, several partials per channel and several
 grid-stride iterations (apply with ``monkeypatch.setattr``; see ``conftest.small_launch``).
@@ -23,7 +28,10 @@ grid-stride iterations (apply with ``monkeypatch.setattr``; see ``conftest.small
 
 from __future__ import annotations
 
+import sys
 import threading
+
+import numpy as np
 
 WARP_SIZE = 32
 FULL_MASK = 0xFFFFFFFF
@@ -123,13 +131,43 @@ _INTRINSICS = {
 }
 
 
+_shared_lock = threading.Lock()
+
+
+def _shared_array(self, shape, dtype, alignment=None):
+    """``FakeCUDAShared.array`` with its lookup-or-create under a lock (same keys: the
+    caller's file and line; dynamic shared memory and alignment go to the original)."""
+    if shape == 0 or alignment is not None:
+        return _ORIGINAL_SHARED_ARRAY(self, shape, dtype, alignment)
+    from numba.cuda import types
+    from numba.cuda.np import numpy_support
+
+    if isinstance(dtype, types.Type):
+        dtype = numpy_support.as_dtype(dtype)
+    caller = sys._getframe(1)
+    key = (caller.f_code.co_filename, caller.f_lineno)
+    with _shared_lock:
+        res = self._allocations.get(key)
+        if res is None:
+            res = self._allocations[key] = np.empty(shape, dtype)
+    return res
+
+
+_ORIGINAL_SHARED_ARRAY = None
+
+
 def install() -> None:
-    """Add the warp intrinsics to the simulator's ``FakeCUDAModule`` (idempotent).
+    """Add the warp intrinsics to the simulator's ``FakeCUDAModule`` and make its shared
+    arrays thread-safe (idempotent).
 
     Intrinsics the simulator already provides are left alone.
     """
-    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+    global _ORIGINAL_SHARED_ARRAY
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule, FakeCUDAShared
 
     for name, function in _INTRINSICS.items():
         if not hasattr(FakeCUDAModule, name):
             setattr(FakeCUDAModule, name, function)
+    if FakeCUDAShared.array is not _shared_array:
+        _ORIGINAL_SHARED_ARRAY = FakeCUDAShared.array
+        FakeCUDAShared.array = _shared_array

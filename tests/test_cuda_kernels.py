@@ -327,3 +327,33 @@ def test_as_contiguous_gathers_strided_views(small_launch, view, dtype):
 def test_as_contiguous_returns_contiguous_input_itself():
     arr = cuda.to_device(np.arange(6.0).reshape(2, 3))
     assert copy.as_contiguous(arr) is arr
+
+
+@pytest.mark.skipif(not CUDASIM, reason="a fix for the CUDA simulator's shared arrays")
+def test_simulator_shared_array_is_one_array_per_block():
+    """Threads of a block creating a shared array at once get the same array: the
+    simulator's lookup-or-create is unlocked, so a slow lookup made threads diverge."""
+    import threading
+    import time
+
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    class SlowDict(dict):
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            time.sleep(0.02)  # widen the window between the lookup and the insert
+            return found
+
+    shared = FakeCUDAShared(0)
+    shared._allocations = SlowDict()
+    got = []
+
+    def create():
+        got.append(shared.array((64,), np.float64))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(a is got[0] for a in got)
