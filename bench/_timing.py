@@ -21,8 +21,19 @@ from numba import njit, prange
 REPO = Path(__file__).resolve().parent.parent
 
 
+def wall_time(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes on the host clock."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, block: int = 5, warmup: int = 1
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    block: int = 5,
+    warmup: int = 1,
+    time_call: Callable[[Callable[[], object]], float] = wall_time,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function: ``repeats`` timed calls each, in rounds.
 
@@ -31,6 +42,8 @@ def interleaved(
     machine hits all of them alike. Calls of one function are kept together because
     thread pools of different runtimes (torch's OpenMP, Numba's) spin for a while after a
     parallel region and would slow whichever call came right after another runtime's.
+    ``time_call(fn)`` times one call (``cuda_event_timer()`` on a GPU, where the host
+    clock would see only the launch).
     """
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -41,9 +54,7 @@ def interleaved(
             for _ in range(warmup):
                 fns[name]()
             for _ in range(min(block, repeats - len(times[name]))):
-                t0 = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(time_call(fns[name]))
     return times
 
 
@@ -126,7 +137,9 @@ def _cpu_model() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The checkout's commit, or None (no git, or nothing committed yet)."""
+    """The checkout's commit, or None (no git, nothing committed yet, or an installed copy)."""
+    if not (REPO / ".git").exists():  # installed as pyopt.bench: any repository around is not ours
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
@@ -137,19 +150,22 @@ def git_commit() -> str | None:
 
 
 def machine_info() -> dict[str, object]:
-    """CPU, core count, library versions, git commit and a UTC timestamp."""
-    import torch
+    """CPU, core count, library versions, git commit and a UTC timestamp (torch optional)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
 
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "numba_threads": numba.get_num_threads(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch else None,
         "git_commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -163,18 +179,24 @@ def machine_tag(info: dict[str, object]) -> str:
     return f"{slug}-{info['cores']}c"
 
 
-def cold_compile_times(snippet: str, *argv: str) -> dict[str, object]:
+def cold_compile_times(snippet: str, *argv: str, cache_dir: str | None = None) -> dict[str, object]:
     """Run ``python -c snippet *argv`` in the repository with an empty Numba cache.
 
     The snippet prints a JSON object of seconds as its last line of output (``import_s``
     for its imports, ``<kernel>_s`` for the first call of each kernel); ``total_s`` (all
-    but ``import_s``) is added. On failure: ``{"error": <end of stderr>}``.
+    but ``import_s``) is added. On failure: ``{"error": <end of stderr>}``. With
+    ``cache_dir`` the Numba cache is that folder, kept: a second run on the same folder
+    times the first calls with the on-disk cache warm.
     """
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = cache_dir or scratch
+        # A checkout runs from its root (pyopt importable uninstalled); an installed copy
+        # from an empty folder, so that nothing beside it shadows a top-level module.
+        cwd = REPO if (REPO / "pyopt").is_dir() else scratch
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         proc = subprocess.run(
             [sys.executable, "-c", snippet, *argv],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             capture_output=True,
             text=True,
@@ -196,3 +218,57 @@ def print_probe(bandwidth: dict, compile_info: dict, what: str) -> None:
     if "total_s" in compile_info:
         parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in compile_info.items() if k[-2:] == "_s")
         print(f"cold JIT compile (empty cache, {what}): {parts}")
+
+
+def cuda_event_timer() -> Callable[[Callable[[], object]], float]:
+    """A ``time_call`` for ``interleaved``: seconds between CUDA events around one call.
+
+    The events are recorded on the default stream, where the providers enqueue their work,
+    and the end event is waited for, so one call's time is the GPU's, launches included.
+    """
+    from numba import cuda
+
+    start, end = cuda.event(), cuda.event()
+
+    def time_call(fn: Callable[[], object]) -> float:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return cuda.event_elapsed_time(start, end) * 1e-3
+
+    return time_call
+
+
+def cuda_bandwidth_probe(nbytes: int = 1 << 30, repeats: int = 20) -> dict[str, float]:
+    """Device memory bandwidth of a device-to-device copy (median GB/s, CUDA events).
+
+    Counted bytes: the source read and the destination written (2 * ``nbytes``).
+    """
+    from numba import cuda
+
+    n = nbytes // 4
+    src = cuda.device_array(n, np.float32)
+    dst = cuda.device_array(n, np.float32)
+    times = interleaved(
+        {"copy": lambda: dst.copy_to_device(src)}, repeats, time_call=cuda_event_timer()
+    )
+    return {
+        "copy_gbs": 2 * src.nbytes / np.median(times["copy"]) / 1e9,
+        "array_mib": src.nbytes / 2**20,
+    }
+
+
+def cuda_device_info() -> dict[str, object]:
+    """Name, compute capability and memory of the current CUDA device."""
+    from numba import cuda
+
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    _free, total = cuda.current_context().get_memory_info()
+    return {
+        "name": name,
+        "compute_capability": ".".join(map(str, dev.compute_capability)),
+        "multiprocessors": dev.MULTIPROCESSOR_COUNT,
+        "memory_gib": total / 2**30,
+    }

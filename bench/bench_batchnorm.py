@@ -34,7 +34,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from bench._timing import (
+from ._timing import (
     REPO,
     bandwidth_probe,
     cold_compile_times,

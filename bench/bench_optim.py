@@ -49,7 +49,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from bench._timing import (
+from ._timing import (
     REPO,
     bandwidth_probe,
     cold_compile_times,
@@ -59,7 +59,7 @@ from bench._timing import (
     percentiles_ms,
     print_probe,
 )
-from bench.shapes import RESNET50_PARAM_SHAPES
+from .shapes import RESNET50_PARAM_SHAPES
 
 FLAT_PARAMS = 16 * 2**20
 MAX_GRAD_NORM = 1.0

@@ -58,7 +58,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from bench._timing import (
+from ._timing import (
     REPO,
     bandwidth_probe,
     cold_compile_times,
@@ -68,7 +68,7 @@ from bench._timing import (
     print_probe,
     timing_fields,
 )
-from bench.shapes import RESNET50_PARAM_SHAPES
+from .shapes import RESNET50_PARAM_SHAPES
 
 FLAT = 16 * 2**20
 DROPOUT_P = (0.1, 0.5)

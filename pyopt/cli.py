@@ -92,11 +92,28 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    # Its options are the benchmark suite's own (pyopt.bench.suite): passed through.
+    p = sub.add_parser(
+        "bench",
+        help="benchmark every kernel family against NumPy and torch, with a roofline",
+        add_help=False,
+    )
+    p.set_defaults(run=None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyopt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _bench_parser(sub)
     _train_parser(sub)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from pyopt.bench.suite import main as bench_main
+
+        return bench_main(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.run(args)
 
 
