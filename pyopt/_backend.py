@@ -15,7 +15,8 @@ import importlib.util
 import io
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,12 @@ class CpuCall:
 
     library = "numpy"
     stream = None
+    # Keyword arguments of every kernel launcher call: the CPU launchers take no stream.
+    kernel_kwargs: Mapping[str, Any] = MappingProxyType({})
+
+    def to_host(self, arr: np.ndarray) -> np.ndarray:
+        """``arr`` itself: host memory already."""
+        return arr
 
     def contiguous(self, arr: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(arr)
@@ -194,7 +201,14 @@ class CudaCall:
         else:
             ptr = 0
         self.stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
+        self.kernel_kwargs: Mapping[str, Any] = MappingProxyType({"stream": self.stream})
         self._like = like
+
+    def to_host(self, arr: Any) -> np.ndarray:
+        """A NumPy copy of the device array ``arr``, once the stream's work is done."""
+        host = arr.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return host
 
     def view(self, arr: Any) -> Any:
         """A Numba device array over ``arr``'s memory (no copy, no stream sync)."""

@@ -46,15 +46,8 @@ def _prepare(grads: Any) -> tuple[Any, list[Any], Any, np.dtype] | None:
     call = call_for(backend, arrays[0])
     for i, g in enumerate(arrays):
         call.check_inplace(f"grads[{i}]", g)
-    pieces = [
-        _multi.span(arrays[lo:hi]) if hi - lo > 1 else arrays[lo]
-        for lo, hi in _multi.runs([arrays])
-    ]
+    pieces = _multi.run_pieces(arrays)
     return call, pieces, kernels_for(backend, "clip"), np.result_type(*dtypes)
-
-
-def _stream(call: Any) -> dict[str, Any]:
-    return {} if call.stream is None else {"stream": call.stream}
 
 
 def _update_each(call: Any, pieces: list[Any], fn: Any) -> None:
@@ -119,20 +112,12 @@ def clip_grad_norm_(
     if prepared is None:
         return np.float32(0.0)
     call, pieces, kernels, dtype = prepared
-    flats = [call.contiguous(piece) for piece in pieces]
-    flats = [flat.reshape(math.prod(flat.shape)) for flat in flats]
-    rows = [kernels.norm_partials_blocks(flat.shape[0]) for flat in flats]
-    _, out = call.empty((sum(rows),), np.dtype(np.float64))
-    start = 0
-    for flat, count in zip(flats, rows, strict=True):
-        if count:
-            kernels.norm_partials(flat, out[start : start + count], p, **_stream(call))
-        start += count
-    if call.stream is not None:
-        host = out.copy_to_host(stream=call.stream)
-        call.stream.synchronize()
-    else:
-        host = out
+    host = _multi.block_partials(
+        call,
+        pieces,
+        kernels.norm_partials_blocks,
+        lambda flat, rows: kernels.norm_partials(flat, rows, p, **call.kernel_kwargs),
+    )
     total = dtype.type(_combine(host, p))
     if error_if_nonfinite and not np.isfinite(total):
         raise RuntimeError(
@@ -143,7 +128,9 @@ def clip_grad_norm_(
     coef = dtype.type(max_norm) / (total + dtype.type(1e-6))
     # torch multiplies by min(coef, 1) always; x·1 == x, so only coef < 1 (or NaN) writes.
     if not coef >= 1:
-        _update_each(call, pieces, lambda flat, t: kernels.scale_(flat, t(coef), **_stream(call)))
+        _update_each(
+            call, pieces, lambda flat, t: kernels.scale_(flat, t(coef), **call.kernel_kwargs)
+        )
     return total
 
 
@@ -187,5 +174,5 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     _update_each(
         call,
         pieces,
-        lambda flat, t: kernels.clamp_(flat, t(-clip_value), t(clip_value), **_stream(call)),
+        lambda flat, t: kernels.clamp_(flat, t(-clip_value), t(clip_value), **call.kernel_kwargs),
     )

@@ -14,7 +14,7 @@ import itertools
 import math
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,3 +136,34 @@ def span(arrays: Sequence[Any]) -> Any:
         "version": 3,
     }
     return cuda.from_cuda_array_interface(desc, owner=first, sync=False)
+
+
+def run_pieces(arrays: Sequence[Any]) -> list[Any]:
+    """One array per run of ``arrays`` (see :func:`runs`): a 1-D :func:`span` over a run of
+    several, the array itself (any shape, possibly strided) when it is alone."""
+    return [span(arrays[lo:hi]) if hi - lo > 1 else arrays[lo] for lo, hi in runs([arrays])]
+
+
+def block_partials(
+    call: Any,
+    pieces: Sequence[Any],
+    blocks: Callable[[int], int],
+    launch: Callable[[Any, Any], None],
+    columns: tuple[int, ...] = (),
+) -> np.ndarray:
+    """The host float64 rows of a fixed-block reduction over ``pieces``, in order.
+
+    Each piece, as a contiguous 1-D array of ``n`` elements, gets ``blocks(n)`` rows of
+    shape ``columns``, written by ``launch(flat, rows)``; the caller adds the rows in order
+    (a result that does not depend on the thread count). On CUDA, one device-to-host copy.
+    """
+    flats = [call.contiguous(piece) for piece in pieces]
+    flats = [flat.reshape(math.prod(flat.shape)) for flat in flats]
+    counts = [blocks(flat.shape[0]) for flat in flats]
+    _, out = call.empty((sum(counts), *columns), np.dtype(np.float64))
+    start = 0
+    for flat, count in zip(flats, counts, strict=True):
+        if count:
+            launch(flat, out[start : start + count])
+        start += count
+    return call.to_host(out)

@@ -153,7 +153,6 @@ def _launch(
     """
     params = columns[0]
     call = call_for(backend, params[0])
-    extra = {} if backend == "cpu" else {"stream": call.stream}
     for lo, hi in _multi.runs(columns, keys):
         dtype = _checks.float_dtype("params", params[lo])
         args, write_backs = [], []
@@ -174,7 +173,7 @@ def _launch(
                 if back is not None:
                     write_backs.append(back)
             args.append(work.reshape(size))
-        kernel(*args, *scalars(lo), **extra)
+        kernel(*args, *scalars(lo), **call.kernel_kwargs)
         for back in write_backs:
             back()
 
@@ -467,22 +466,13 @@ def grad_sumsq(grads: Sequence[Any], backend: str) -> tuple[float, bool]:
         return 0.0, True
     kernels = kernels_for(backend, "optim")
     call = call_for(backend, grads[0])
-    pieces = [
-        _multi.span(grads[lo:hi]) if hi - lo > 1 else grads[lo] for lo, hi in _multi.runs([grads])
-    ]
-    pieces = [call.contiguous(p) for p in pieces]
-    pieces = [p.reshape(math.prod(p.shape)) for p in pieces]
-    rows = [kernels.grad_sumsq_blocks(p.shape[0]) for p in pieces]
-    _, out = call.empty((sum(rows), 2), np.dtype(np.float64))
-    extra = {} if backend == "cpu" else {"stream": call.stream}
-    start = 0
-    for piece, count in zip(pieces, rows, strict=True):
-        if count:
-            kernels.grad_sumsq(piece, out[start : start + count], **extra)
-        start += count
-    partials = out if backend == "cpu" else out.copy_to_host(stream=call.stream)
-    if backend != "cpu":
-        call.stream.synchronize()
+    partials = _multi.block_partials(
+        call,
+        _multi.run_pieces(grads),
+        kernels.grad_sumsq_blocks,
+        lambda flat, rows: kernels.grad_sumsq(flat, rows, **call.kernel_kwargs),
+        columns=(2,),
+    )
     total = float(np.sum(partials[:, 0]))
     finite = bool(np.sum(partials[:, 1]) == 0.0)
     return total, finite

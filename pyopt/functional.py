@@ -269,9 +269,14 @@ def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str) -> Any:
         # (2**32 - threshold) / 2**32 = 1 - p to within 2**-33.
         threshold = round(p * 2.0**32)
         scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
-        extra = {} if backend == "cpu" else {"stream": call.stream}
         kernels_for(backend, "random").dropout(
-            call.contiguous(x).reshape(n), y.reshape(n), threshold, scale, seed, offset, **extra
+            call.contiguous(x).reshape(n),
+            y.reshape(n),
+            threshold,
+            scale,
+            seed,
+            offset,
+            **call.kernel_kwargs,
         )
     return out
 

@@ -117,9 +117,8 @@ def _fill(
         return tensor
     kernels = kernels_for(backend, "random")
     work, writeback = call.inplace(tensor)
-    extra = {} if backend == "cpu" else {"stream": call.stream}
     fill = kernels.uniform_ if kind == "uniform" else kernels.normal_
-    fill(work.reshape(n), a, b, *key, **extra)
+    fill(work.reshape(n), a, b, *key, **call.kernel_kwargs)
     if writeback is not None:
         writeback()
     return tensor
