@@ -96,6 +96,54 @@ class Module:
         setattr(self, name, param)
         setattr(self, f"{name}_grad", grad)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """NumPy copies of the parameters (and buffers), under torch's key names."""
+        return {name: to_numpy(arr) for name, arr in self.named_parameters()}
+
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The keys of :meth:`state_dict` and their shapes, without copying anything."""
+        return {name: tuple(arr.shape) for name, arr in self.named_parameters()}
+
+    def _load(self, values: dict[str, np.ndarray]) -> None:
+        """Copy validated host arrays (keys and shapes of :meth:`_state_shapes`) in place."""
+        for key, value in values.items():
+            copy_into(getattr(self, key), value.astype(self.dtype))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy a :meth:`state_dict` (NumPy, torch CPU tensors or device arrays) in place.
+
+        Every key and shape is checked before anything is copied.
+        """
+        self._load(_validated(self._state_shapes(), state))
+
+
+def _check_device(layer: Any, name: str, x: Any) -> None:
+    """TypeError unless ``x`` lives where the layer's parameters do (``layer.device``)."""
+    on_cuda = is_cuda_array(x)
+    if on_cuda != (layer.device == "cuda"):
+        where = "a CUDA" if on_cuda else "a NumPy"
+        raise TypeError(
+            f"{name} is {where} array but the layer's parameters live on {layer.device}; "
+            "create the layer with the matching device="
+        )
+
+
+def _validated(shapes: dict[str, tuple[int, ...]], state: dict[str, Any]) -> dict[str, Any]:
+    """Host copies of ``state``, whose keys and shapes must be exactly ``shapes``."""
+    if set(state) != set(shapes):
+        missing, extra = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
+        raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
+    values = {key: _host_copy(value) for key, value in state.items()}
+    for key, value in values.items():
+        _checks.shape_is(f"state_dict[{key!r}]", value, shapes[key], "as saved by this layer")
+    return values
+
+
+def _host_copy(value: Any) -> np.ndarray:
+    if type(value).__module__.split(".")[0] == "torch" or is_cuda_array(value):
+        return to_numpy(value)
+    return np.array(value)
+
 
 class BatchNorm(Module):
     """Batch normalization layer; a drop-in for ``torch.nn.BatchNorm{1,2,3}d``.
@@ -192,13 +240,7 @@ class BatchNorm(Module):
         if self._ranks is not None and ndim not in self._ranks:
             expected = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(f"expected {expected} input (got {ndim}D input)")
-        on_cuda = is_cuda_array(x)
-        if on_cuda != (self.device == "cuda"):
-            where = "a CUDA" if on_cuda else "a NumPy"
-            raise TypeError(
-                f"x is {where} array but the layer's parameters live on {self.device}; "
-                "create the layer with the matching device="
-            )
+        _check_device(self, "x", x)
 
     def forward(self, x: Any) -> Any:
         """Normalize ``x``; saves what :meth:`backward` needs."""
@@ -251,20 +293,14 @@ class BatchNorm(Module):
             state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy a :meth:`state_dict` (NumPy, torch CPU tensors or device arrays) in place.
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        channel = (self.num_features,)
+        shapes = dict.fromkeys(("weight", "bias") if self.affine else (), channel)
+        if self.track_running_stats:
+            shapes.update(running_mean=channel, running_var=channel, num_batches_tracked=())
+        return shapes
 
-        Every key and shape is checked before anything is copied.
-        """
-        expected = set(self.state_dict())
-        got = set(state)
-        if got != expected:
-            missing, extra = sorted(expected - got), sorted(got - expected)
-            raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
-        values = {key: _host_copy(value) for key, value in state.items()}
-        for key, value in values.items():
-            want = () if key == "num_batches_tracked" else (self.num_features,)
-            _checks.shape_is(f"state_dict[{key!r}]", value, want, "as saved by this layer")
+    def _load(self, values: dict[str, np.ndarray]) -> None:
         for key, value in values.items():
             if key == "num_batches_tracked":
                 self.num_batches_tracked = int(value)
@@ -278,12 +314,6 @@ class BatchNorm(Module):
             f"track_running_stats={self.track_running_stats}, axis={self.axis}, "
             f"dtype={self.dtype.name}, device={self.device!r})"
         )
-
-
-def _host_copy(value: Any) -> np.ndarray:
-    if type(value).__module__.split(".")[0] == "torch" or is_cuda_array(value):
-        return to_numpy(value)
-    return np.array(value)
 
 
 class BatchNorm1d(BatchNorm):
@@ -408,13 +438,6 @@ class Linear(Module):
             self._store_grad("bias", dy2.sum(axis=0))
         return xp.matmul(dy, self.weight)
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """NumPy copies of ``weight`` (and ``bias``), under torch's key names."""
-        return {name: to_numpy(arr) for name, arr in self.named_parameters()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load_params(self, state)
-
     def __repr__(self) -> str:
         return (
             f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
@@ -436,28 +459,9 @@ def _matching_module(x: Any, layer: Any, name: str) -> Any:
     """The array library of ``x`` (NumPy or CuPy), which must match the layer's device and
     dtype (no silent promotion)."""
     xp = array_module(x)
-    on_cuda = xp is not np
-    if on_cuda != (layer.device == "cuda"):
-        where = "a CUDA" if on_cuda else "a NumPy"
-        raise TypeError(
-            f"{name} is {where} array but the layer's parameters live on {layer.device}; "
-            "create the layer with the matching device="
-        )
+    _check_device(layer, name, x)
     _checks.same_dtype(name, x, layer.dtype, "the layer's parameters")
     return xp
-
-
-def _load_params(layer: Module, state: dict[str, Any]) -> None:
-    """Copy ``state`` into the layer's parameters, every key and shape checked first."""
-    params = dict(layer.named_parameters())
-    if set(state) != set(params):
-        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-        raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
-    values = {key: _host_copy(value) for key, value in state.items()}
-    for key, value in values.items():
-        _checks.shape_is(f"state_dict[{key!r}]", value, tuple(params[key].shape), "as saved")
-    for key, value in values.items():
-        copy_into(params[key], value.astype(layer.dtype))
 
 
 class ReLU(Module):
@@ -631,23 +635,23 @@ class Sequential(Module):
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every layer's state under ``"<index>.<key>"`` (torch's ``nn.Sequential`` keys)."""
-        state = {}
-        for i, layer in enumerate(self.layers):
-            sub = layer.state_dict() if hasattr(layer, "state_dict") else {}
-            state.update({f"{i}.{key}": value for key, value in sub.items()})
-        return state
+        return {
+            f"{i}.{key}": value
+            for i, layer in enumerate(self.layers)
+            for key, value in layer.state_dict().items()
+        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`: every key is checked before anything is copied."""
-        expected = set(self.state_dict())
-        if set(state) != expected:
-            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
+    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {
+            f"{i}.{key}": shape
+            for i, layer in enumerate(self.layers)
+            for key, shape in layer._state_shapes().items()
+        }
+
+    def _load(self, values: dict[str, np.ndarray]) -> None:
         for i, layer in enumerate(self.layers):
             prefix = f"{i}."
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub:
-                layer.load_state_dict(sub)
+            layer._load({k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)})
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))

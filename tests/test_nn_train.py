@@ -148,6 +148,10 @@ def test_sequential_names_state_dict_and_flattening():
         np.testing.assert_array_equal(p, before[name])
     with pytest.raises(KeyError, match="missing keys"):
         model.load_state_dict({k: v for k, v in state.items() if k != "0.weight"})
+    with pytest.raises(ValueError, match=r"state_dict\['8.weight'\]"):  # a later layer's shape
+        model.load_state_dict({**state, "0.weight": state["0.weight"] + 1, "8.weight": np.ones(3)})
+    for name, p in model.named_parameters():  # nothing was copied, not even layer 0
+        np.testing.assert_array_equal(p, before[name])
 
 
 def _torch_mlp(model, dtype):
