@@ -88,25 +88,42 @@ def is_cuda_array(obj: Any) -> bool:
     return hasattr(obj, "__cuda_array_interface__") or _is_numba_device_array(obj)
 
 
-def backend_of(arrays: Iterable[tuple[str, Any]]) -> str:
-    """The backend for one call, from its ``(name, array)`` pairs (None entries skipped).
+def is_array(obj: Any) -> bool:
+    """True for the arrays pyopt takes: NumPy arrays and CUDA arrays."""
+    return isinstance(obj, np.ndarray) or is_cuda_array(obj)
+
+
+def type_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def backend_of(arrays: Iterable[tuple[str, Any]], optional: Iterable[str] = ()) -> str:
+    """The backend for one call, from its ``(name, array)`` pairs.
+
+    A None is allowed only for the names in ``optional`` (absent arguments such as an
+    affine ``weight``); anywhere else it is a missing array.
 
     Raises:
-        TypeError: an argument is neither a NumPy array nor a CUDA array, or host and
-            device arrays are mixed (the message names the first argument that disagrees).
+        TypeError: an argument is neither a NumPy array nor a CUDA array (None, a list, a
+            scalar, a torch CPU tensor...), or host and device arrays are mixed (the
+            message names the first argument that disagrees).
     """
+    optional = frozenset(optional)
     backend = first = None
     for name, arr in arrays:
-        if arr is None:
+        if arr is None and name in optional:
             continue
         if isinstance(arr, np.ndarray):
             kind = "cpu"
         elif is_cuda_array(arr):
             kind = "cuda"
         else:
+            hint = ""
+            if type(arr).__module__.split(".")[0] == "torch":
+                hint = " (a torch CPU tensor: pass tensor.numpy(), a zero-copy view)"
             raise TypeError(
                 f"{name} must be a NumPy array or a CUDA array (CuPy, Numba device array, "
-                f"torch CUDA tensor), got {type(arr).__module__}.{type(arr).__qualname__}"
+                f"torch CUDA tensor), got {'None' if arr is None else type_name(arr)}{hint}"
             )
         if backend is None:
             backend, first = kind, name
@@ -156,7 +173,15 @@ class CpuCall:
         return arr
 
     def contiguous(self, arr: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(arr)
+        """``arr`` itself when it is C-contiguous and writeable, else a C-contiguous copy.
+
+        The kernels are compiled for writeable arrays only: a read-only input (a
+        ``np.load(mmap_mode="r")`` array) is read through a copy instead of making Numba
+        compile (or fail to type) a read-only specialization of every kernel.
+        """
+        if arr.flags.c_contiguous and arr.flags.writeable:
+            return arr
+        return np.array(arr, order="C")
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty(shape, dtype=dtype)
@@ -166,8 +191,15 @@ class CpuCall:
         return np.full(shape, value, dtype=dtype)
 
     def check_inplace(self, name: str, arr: np.ndarray) -> None:
+        """ValueError unless ``arr`` can be updated in place: writeable, and no two of its
+        elements share memory (a zero stride, as torch refuses)."""
         if not arr.flags.writeable:
             raise ValueError(f"{name} is updated in place but is read-only")
+        if _may_self_overlap(arr.shape, arr.strides, arr.itemsize):
+            raise ValueError(
+                f"{name} is updated in place but more than one of its elements refers to a "
+                f"single memory location (strides {arr.strides}); pass a copy"
+            )
 
     def inplace(self, arr: np.ndarray) -> tuple[np.ndarray, Any]:
         """A contiguous array to update and a write-back (None when it is ``arr`` itself)."""
@@ -175,6 +207,25 @@ class CpuCall:
             return arr, None
         work = np.ascontiguousarray(arr)
         return work, functools.partial(np.copyto, arr, work)
+
+
+def _may_self_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
+    """Whether two elements of a strided array may share memory.
+
+    Sufficient test for "no overlap": with the axes of extent > 1 sorted by |stride|, each
+    stride steps past everything the smaller ones span. Views NumPy makes (slices,
+    transposes, reshapes) pass; a zero stride or an ``as_strided`` overlap fails.
+    """
+    if 0 in shape:
+        return False
+    span = itemsize
+    for extent, stride in sorted(
+        ((n, abs(s)) for n, s in zip(shape, strides, strict=True) if n > 1), key=lambda t: t[1]
+    ):
+        if stride < span:
+            return True
+        span = stride * (extent - 1) + span
+    return False
 
 
 class CudaCall:
@@ -336,11 +387,12 @@ def assign(dst: Any, src: Any) -> None:
         cuda.as_cuda_array(dst).copy_to_device(src)
 
 
-def array_module(arr: Any) -> Any:
+def array_module(name: str, arr: Any) -> Any:
     """NumPy for NumPy arrays, CuPy for CuPy arrays (the matmul layers' array library).
 
     Raises:
-        TypeError: any other array type (Numba device arrays, torch tensors).
+        TypeError: any other object (None, lists, Numba device arrays, torch tensors),
+            naming the argument ``name``.
     """
     if isinstance(arr, np.ndarray):
         return np
@@ -348,9 +400,10 @@ def array_module(arr: Any) -> Any:
         import cupy
 
         return cupy
+    got = "None" if arr is None else type_name(arr)
     raise TypeError(
-        f"expected a NumPy or CuPy array, got {type(arr).__module__}.{type(arr).__qualname__} "
-        "(the matmul layers run on NumPy or CuPy: pip install pyopt-kernels[cuda13])"
+        f"{name} must be a NumPy or CuPy array, got {got} (the matmul layers run on NumPy "
+        "or CuPy: pip install pyopt-kernels[cuda13])"
     )
 
 

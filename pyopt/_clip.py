@@ -8,25 +8,28 @@ and the scaling one more, however many tensors the model has.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import backend_of, call_for, kernels_for
+from pyopt._backend import backend_of, call_for, is_array, kernels_for
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
 
 def _grad_list(grads: Any) -> list[Any]:
-    """The non-None arrays of ``grads``: one array, a list/tuple, or a dict's values."""
-    if isinstance(grads, Mapping):
+    """The non-None arrays of ``grads``: one array, a dict's values, or any other iterable
+    (a list, a generator such as ``(p.grad for p in ...)``)."""
+    if grads is None:
+        return []
+    if is_array(grads) or type(grads).__module__.split(".")[0] == "torch":
+        items = [grads]  # checked (and a torch CPU tensor refused) by backend_of
+    elif isinstance(grads, Mapping):
         items = list(grads.values())
-    elif isinstance(grads, Sequence) and not isinstance(grads, str):
+    elif isinstance(grads, Iterable) and not isinstance(grads, str | bytes):
         items = list(grads)
-    elif grads is None:
-        items = []
     else:
         items = [grads]
     return [g for g in items if g is not None]
@@ -76,8 +79,8 @@ def clip_grad_norm_(
     added in a fixed order: the norm does not depend on the thread count.
 
     Args:
-        grads: one array, a list/tuple of arrays (``None`` entries skipped, like
-            parameters without ``.grad``), or a dict name -> array
+        grads: one array, an iterable of arrays (a list, a generator; ``None`` entries
+            skipped, like parameters without ``.grad``), or a dict name -> array
             (``ParamBuffer.grads``). float32/float64, all NumPy or all CUDA.
         max_norm: the largest norm allowed.
         norm_type: p of the p-norm: a positive number, ``inf`` or ``-inf``.
@@ -103,6 +106,7 @@ def clip_grad_norm_(
     """
     max_norm = _checks.real_scalar("max_norm", max_norm)
     p = _checks.real_scalar("norm_type", norm_type)
+    error_if_nonfinite = _checks.flag("error_if_nonfinite", error_if_nonfinite)
     if not (p > 0 or p == -math.inf):
         raise ValueError(
             f"norm_type must be positive, inf or -inf, got {norm_type} "

@@ -14,7 +14,7 @@ import itertools
 import math
 import sys
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,50 @@ def _locate(arr: Any) -> tuple[int, int, int] | None:
     if strides is not None and strides != _c_strides(shape, itemsize):
         return None
     return 0, cai["data"][0], itemsize * math.prod(shape)
+
+
+def _byte_span(arr: Any) -> tuple[int, int]:
+    """``[lo, hi)``: the addresses any element of ``arr`` occupies (strided arrays too)."""
+    where = locate(arr)
+    if where is not None:
+        return where[1], where[1] + where[2]
+    host = _host_array(arr)
+    if host is not None:
+        ptr, shape, strides, itemsize = (
+            host.__array_interface__["data"][0],
+            host.shape,
+            host.strides,
+            host.itemsize,
+        )
+    else:
+        cai = arr.__cuda_array_interface__
+        shape, itemsize = tuple(cai["shape"]), np.dtype(cai["typestr"]).itemsize
+        ptr, strides = cai["data"][0], cai.get("strides") or _c_strides(shape, itemsize)
+    if 0 in shape:
+        return ptr, ptr
+    lo = ptr + sum(min(0, s * (n - 1)) for n, s in zip(shape, strides, strict=True))
+    hi = ptr + sum(max(0, s * (n - 1)) for n, s in zip(shape, strides, strict=True))
+    return lo, hi + itemsize
+
+
+def check_disjoint(named: Iterable[tuple[str, Any]]) -> None:
+    """ValueError unless no two of the ``(name, array)`` pairs share memory.
+
+    For arrays a call writes (params and optimizer state): an array given twice, or a
+    state list aliasing the params, would be updated twice in one call. Decided from
+    address spans, so two interleaved strided views count as sharing.
+    """
+    spans = sorted((*_byte_span(arr), name) for name, arr in named)
+    end, last = 0, None
+    for lo, hi, name in spans:
+        if lo == hi:
+            continue
+        if lo < end:
+            raise ValueError(
+                f"{name} shares memory with {last}; arrays updated in place must not overlap"
+            )
+        if hi > end:
+            end, last = hi, name
 
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:

@@ -3,7 +3,9 @@
 Each ``<rule>_(params, grads, <state lists>, state_steps, *, <hyperparameters>)`` updates
 the params and their state in place with one fused kernel per run of adjacent tensors
 (see ``pyopt/_multi.py``), after validating every argument: a call that raises has
-modified nothing. ``state_steps`` is a NumPy integer array with one step count per param,
+modified nothing. Hyperparameters are checked as torch's constructors check them, except
+the sign of ``lr``: a scheduler's rounding (an lr of ``-5.6e-19``) is a valid value at a
+step, as in torch. ``state_steps`` is a NumPy integer array with one step count per param,
 incremented in place like torch's ``state_steps`` tensors. The classes of
 :mod:`pyopt.optim` are thin stateful wrappers over these functions.
 """
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import backend_of, call_for, kernels_for
+from pyopt._backend import CpuCall, backend_of, call_for, kernels_for
 
 __all__ = ["adadelta_", "adagrad_", "adam_", "adamw_", "check_hyperparameters", "rmsprop_", "sgd_"]
 
@@ -32,33 +34,37 @@ _NON_NEGATIVE = {
     "RMSprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
     "Adadelta": ("lr", "eps", "weight_decay"),
 }
-_FLAGS = ("nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay")
+FLAGS = ("nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay")
 
 
-def check_hyperparameters(rule: str, hp: dict[str, Any]) -> None:
+def check_hyperparameters(rule: str, hp: dict[str, Any], lr_sign: bool = True) -> None:
     """Raise ``ValueError``/``TypeError`` for hyperparameters torch.optim would reject.
 
     ``rule`` is one of SGD, Adam (also AdamW), Adagrad, RMSprop, Adadelta; ``hp`` holds
     the keys that rule uses (unknown keys are ignored, missing ones not checked). Numbers
-    must be real and not NaN.
+    must be real and not NaN, flags bools, ``betas`` a pair, and the values must lie where
+    torch's constructors require (``betas`` in [0, 1), Nesterov with momentum and no
+    dampening, ...; outside, the update divides by zero). ``lr >= 0`` is checked only with
+    ``lr_sign``: torch checks it when an optimizer is built, and a scheduler's rounding
+    (``LinearLR`` to 0 gives ``-5.6e-19``) is a valid lr at a step.
     """
     for name in _NON_NEGATIVE[rule]:
         if name not in hp:
             continue
         value = _checks.real_scalar(name, hp[name])
-        if value < 0:
+        if value < 0 and (lr_sign or name != "lr"):
             raise ValueError(f"{name} must be >= 0 (torch.optim rejects it), got {value}")
-    for name in _FLAGS:
+    for name in FLAGS:
         if name in hp and not isinstance(hp[name], bool | np.bool_):
             raise TypeError(f"{name} must be a bool, got {type(hp[name]).__name__}")
     if rule == "Adam":
         betas = hp["betas"]
-        if not isinstance(betas, Sequence) or len(betas) != 2:
+        if isinstance(betas, str) or not isinstance(betas, Sequence) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
         for i, beta in enumerate(betas):
-            value = _checks.real_scalar(f"betas[{i}]", beta)
+            value = _checks.real_scalar(f"betas[{i}] (beta{i + 1})", beta)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"betas[{i}] must be in [0, 1), got {value}")
+                raise ValueError(f"betas[{i}] (beta{i + 1}) must be in [0, 1), got {value}")
     elif rule == "Adadelta":
         rho = _checks.real_scalar("rho", hp["rho"])
         if not 0.0 <= rho <= 1.0:
@@ -86,11 +92,19 @@ def _check_lists(
     grads: Sequence[Any],
     states: dict[str, Sequence[Any] | None],
     state_steps: Any,
+    optional: tuple[str, ...] = (),
 ) -> str:
-    """Validate aligned lists; return the backend. Nothing is modified."""
+    """Validate aligned lists; return the backend. Nothing is modified.
+
+    The state lists named in ``optional`` may be None (a state the flags do not use);
+    every other list is required. Params and state, which the kernels write, must be
+    writeable and lie in memory no other of them shares.
+    """
     lists = {"params": params, "grads": grads, **states}
     for name, lst in lists.items():
-        if lst is not None and not isinstance(lst, list | tuple):
+        if lst is None and name in optional:
+            continue
+        if not isinstance(lst, list | tuple):
             raise TypeError(f"{name} must be a list of arrays, got {type(lst).__name__}")
     n = len(params)
     for name, lst in lists.items():
@@ -100,8 +114,9 @@ def _check_lists(
         raise TypeError("state_steps must be a NumPy integer array (one step count per param)")
     if state_steps.shape != (n,):
         raise ValueError(f"state_steps must have shape ({n},), got {state_steps.shape}")
-    if not state_steps.flags.writeable:
-        raise ValueError("state_steps is incremented in place but is read-only")
+    CpuCall().check_inplace("state_steps", state_steps)
+    if n and state_steps.min() < 0:
+        raise ValueError("state_steps must hold step counts >= 0")
     if n == 0:
         return "cpu"
     given = [(name, lst) for name, lst in lists.items() if lst is not None]
@@ -126,6 +141,9 @@ def _check_lists(
                 _checks.shape_is(f"{name}[{i}]", arr, shape, f"the shape of params[{i}]")
             if name != "grads":
                 call.check_inplace(f"{name}[{i}]", arr)
+    _multi.check_disjoint(
+        (f"{name}[{i}]", arr) for name, lst in given if name != "grads" for i, arr in enumerate(lst)
+    )
     return backend
 
 
@@ -232,7 +250,12 @@ def adam_(
         ([0.9, 0.9, 0.9], 1)
     """
     hp = {"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": (beta1, beta2)}
-    check_hyperparameters("Adam", {**hp, "amsgrad": amsgrad, "maximize": maximize})
+    flags = {
+        "amsgrad": amsgrad,
+        "maximize": maximize,
+        "decoupled_weight_decay": decoupled_weight_decay,
+    }
+    check_hyperparameters("Adam", {**hp, **flags}, lr_sign=False)
     _check_grad_scale(grad_scale)
     maxes = max_exp_avg_sqs if amsgrad else None
     if amsgrad and max_exp_avg_sqs is None:
@@ -242,6 +265,7 @@ def adam_(
         grads,
         {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": maxes},
         state_steps,
+        optional=("max_exp_avg_sqs",),
     )
     if not params:
         return
@@ -301,12 +325,14 @@ def sgd_(
         Others: as ``torch.optim.SGD``; ``grad_scale`` as in :func:`adam_`.
     """
     hp = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
-    check_hyperparameters("SGD", {**hp, "nesterov": nesterov, "maximize": maximize})
+    check_hyperparameters("SGD", {**hp, "nesterov": nesterov, "maximize": maximize}, lr_sign=False)
     _check_grad_scale(grad_scale)
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("momentum_buffers is required when momentum != 0")
     buffers = momentum_buffers if momentum != 0 else None
-    backend = _check_lists(params, grads, {"momentum_buffers": buffers}, state_steps)
+    backend = _check_lists(
+        params, grads, {"momentum_buffers": buffers}, state_steps, optional=("momentum_buffers",)
+    )
     if not params:
         return
     first = state_steps == 0
@@ -347,7 +373,7 @@ def adagrad_(
     ``clr = lr / (1 + (t − 1)·lr_decay)``. Memory traffic: 20 bytes per float32 param.
     """
     hp = {"lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay, "eps": eps}
-    check_hyperparameters("Adagrad", {**hp, "maximize": maximize})
+    check_hyperparameters("Adagrad", {**hp, "maximize": maximize}, lr_sign=False)
     _check_grad_scale(grad_scale)
     backend = _check_lists(params, grads, {"state_sums": state_sums}, state_steps)
     if not params:
@@ -392,7 +418,9 @@ def rmsprop_(
     """
     hp = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum}
     check_hyperparameters(
-        "RMSprop", {**hp, "weight_decay": weight_decay, "centered": centered, "maximize": maximize}
+        "RMSprop",
+        {**hp, "weight_decay": weight_decay, "centered": centered, "maximize": maximize},
+        lr_sign=False,
     )
     _check_grad_scale(grad_scale)
     if centered and grad_avgs is None:
@@ -402,7 +430,9 @@ def rmsprop_(
     averages = grad_avgs if centered else None
     buffers = momentum_buffers if momentum > 0 else None
     states = {"square_avgs": square_avgs, "grad_avgs": averages, "momentum_buffers": buffers}
-    backend = _check_lists(params, grads, states, state_steps)
+    backend = _check_lists(
+        params, grads, states, state_steps, optional=("grad_avgs", "momentum_buffers")
+    )
     if not params:
         return
     _step_count(state_steps)
@@ -442,7 +472,7 @@ def adadelta_(
     traffic: 28 bytes per float32 param.
     """
     hp = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay}
-    check_hyperparameters("Adadelta", {**hp, "maximize": maximize})
+    check_hyperparameters("Adadelta", {**hp, "maximize": maximize}, lr_sign=False)
     _check_grad_scale(grad_scale)
     states = {"square_avgs": square_avgs, "acc_deltas": acc_deltas}
     backend = _check_lists(params, grads, states, state_steps)

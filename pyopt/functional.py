@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pyopt import _checks, _random
+from pyopt import _checks, _multi, _random
 from pyopt._backend import backend_of, call_for, copy_into, kernels_for
 from pyopt._optim_functional import adadelta_, adagrad_, adam_, adamw_, rmsprop_, sgd_
 
@@ -102,7 +102,8 @@ def batch_norm(
             "bias": bias,
             "running_mean": running_mean,
             "running_var": running_var,
-        }.items()
+        }.items(),
+        optional=("weight", "bias", "running_mean", "running_var"),
     )
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
@@ -116,7 +117,7 @@ def batch_norm(
         _check_channel_vector(name, arr, channels, dtype)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
-    training = bool(training)
+    training = _checks.flag("training", training)
     eps = _checks.positive("eps", eps)
     momentum = _checks.in_unit_interval("momentum", momentum)
     count = outer * inner
@@ -131,6 +132,7 @@ def batch_norm(
     if update:
         call.check_inplace("running_mean", running_mean)
         call.check_inplace("running_var", running_var)
+        _multi.check_disjoint((("running_mean", running_mean), ("running_var", running_var)))
 
     # Everything is validated: from here on the call cannot fail on its arguments.
     y_out, y = call.empty(shape, dtype)
@@ -215,7 +217,8 @@ def batch_norm_backward(
         True
     """
     backend = backend_of(
-        (("dy", dy), ("x", x), ("weight", weight), ("mean", mean), ("invstd", invstd))
+        (("dy", dy), ("x", x), ("weight", weight), ("mean", mean), ("invstd", invstd)),
+        optional=("weight",),
     )
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
@@ -223,9 +226,8 @@ def batch_norm_backward(
     _checks.same_dtype("dy", dy, dtype, "x")
     _checks.shape_is("dy", dy, shape, "the shape of x")
     for name, arr in (("weight", weight), ("mean", mean), ("invstd", invstd)):
-        if arr is None and name != "weight":
-            raise TypeError(f"{name} is required (pass the value returned by batch_norm)")
         _check_channel_vector(name, arr, channels, dtype)
+    training = _checks.flag("training", training)
     call = call_for(backend, x)
 
     dx_out, dx = call.empty(shape, dtype)
@@ -246,7 +248,7 @@ def batch_norm_backward(
             dx.reshape(view3),
             dweight,
             dbias,
-            bool(training),
+            training,
             stream=call.stream,
         )
     if weight is None:
@@ -254,12 +256,14 @@ def batch_norm_backward(
     return dx_out, dweight_out, dbias_out
 
 
-def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str) -> Any:
+def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str, training: bool = True) -> Any:
     backend = backend_of(((name, x),))
     dtype = _checks.float_dtype(name, x)
     p = _checks.in_unit_interval("p", p)
     seed = _random.check_u64("seed", seed)
     offset = _random.check_u64("offset", offset)
+    if not _checks.flag("training", training):
+        return x
     call = call_for(backend, x)
     shape = tuple(x.shape)
     n = math.prod(shape)
@@ -318,12 +322,7 @@ def dropout(x: Any, p: float = 0.5, *, training: bool = True, seed: int, offset:
         >>> bool((dropout_backward(x, 0.25, seed=7) == y).all())  # the same mask
         True
     """
-    if not training:
-        backend_of((("x", x),))
-        _checks.float_dtype("x", x)
-        _checks.in_unit_interval("p", p)
-        return x
-    return _dropout(x, p, seed, offset, "x")
+    return _dropout(x, p, seed, offset, "x", training)
 
 
 def dropout_backward(dy: Any, p: float, *, seed: int, offset: int = 0) -> Any:

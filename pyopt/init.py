@@ -78,11 +78,19 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         elif isinstance(param, numbers.Real) and not isinstance(param, bool):
             slope = float(param)
         else:
-            raise ValueError(f"negative_slope {param} not a valid number")
+            raise ValueError(f"param (the negative_slope) {param!r} is not a valid number")
         return math.sqrt(2.0 / (1 + slope**2))
     if nonlinearity == "selu":
         return 3.0 / 4
     raise ValueError(f"Unsupported nonlinearity {nonlinearity}")
+
+
+def _checked(tensor: Any) -> tuple[str, np.dtype]:
+    """``(backend, dtype)`` of a float32/float64 array that can be filled in place."""
+    backend = backend_of((("tensor", tensor),))
+    dtype = _checks.float_dtype("tensor", tensor)
+    call_for(backend, tensor).check_inplace("tensor", tensor)
+    return backend, dtype
 
 
 def _fans(tensor: Any) -> tuple[int, int]:
@@ -95,11 +103,14 @@ def _fans(tensor: Any) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def _fan(tensor: Any, mode: str) -> int:
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"Mode {mode} not supported, please use one of fan_in, fan_out")
-    fan_in, fan_out = _fans(tensor)
-    return fan_in if mode == "fan_in" else fan_out
+def _variance_fans(tensor: Any) -> tuple[int, int] | None:
+    """``(fan_in, fan_out)`` of a variance-scaling init's target, after checking it; None
+    for a zero-element tensor, which is left as it is with torch's warning."""
+    _checked(tensor)
+    if 0 in tuple(tensor.shape):
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+        return None
+    return _fans(tensor)
 
 
 def _fill(
@@ -107,14 +118,12 @@ def _fill(
 ) -> Any:
     """Fill ``tensor`` in place: ``kind`` "uniform" on [a, b) or "normal" N(a, b²), from
     the stream ``key = (seed, offset)`` (by default that of :func:`_random.key_for`)."""
-    backend = backend_of((("tensor", tensor),))
-    _checks.float_dtype("tensor", tensor)
-    call = call_for(backend, tensor)
-    call.check_inplace("tensor", tensor)
+    backend, _ = _checked(tensor)
     key = _random.key_for(seed) if key is None else key
     n = math.prod(tuple(tensor.shape))
     if n == 0:
         return tensor
+    call = call_for(backend, tensor)
     kernels = kernels_for(backend, "random")
     work, writeback = call.inplace(tensor)
     fill = kernels.uniform_ if kind == "uniform" else kernels.normal_
@@ -122,10 +131,6 @@ def _fill(
     if writeback is not None:
         writeback()
     return tensor
-
-
-def _real(name: str, value: Any) -> float:
-    return _checks.real_scalar(name, value)
 
 
 def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0, *, seed: int | None = None) -> Any:
@@ -145,7 +150,10 @@ def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0, *, seed: int | None = 
         >>> bool((np.abs(w) <= 1.0).all())
         True
     """
-    return _fill(tensor, "uniform", _real("a", a), _real("b", b), seed)
+    a, b = _checks.real_scalar("a", a), _checks.real_scalar("b", b)
+    if not (math.isfinite(a) and math.isfinite(b) and a <= b):
+        raise ValueError(f"a and b must be finite with a <= b (a [from, to) range), got {a}, {b}")
+    return _fill(tensor, "uniform", a, b, seed)
 
 
 def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, *, seed: int | None = None) -> Any:
@@ -153,17 +161,17 @@ def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, *, seed: int | Non
 
     Args and returns as :func:`uniform_`; ``std`` must be >= 0.
     """
-    std = _real("std", std)
+    std = _checks.real_scalar("std", std)
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std}")
-    return _fill(tensor, "normal", _real("mean", mean), std, seed)
+    return _fill(tensor, "normal", _checks.real_scalar("mean", mean, allow_nan=True), std, seed)
 
 
 def constant_(tensor: Any, val: float) -> Any:
     """Fill ``tensor`` with ``val``."""
-    backend_of((("tensor", tensor),))
-    dtype = _checks.float_dtype("tensor", tensor)
-    copy_into(tensor, np.full(tuple(tensor.shape), _real("val", val), dtype=dtype))
+    _, dtype = _checked(tensor)
+    val = _checks.real_scalar("val", val, allow_nan=True)
+    copy_into(tensor, np.full(tuple(tensor.shape), val, dtype=dtype))
     return tensor
 
 
@@ -186,27 +194,30 @@ def xavier_uniform_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) 
         >>> bool(np.abs(w).max() <= np.sqrt(6 / 96))
         True
     """
-    fan_in, fan_out = _fans(tensor)
-    std = _real("gain", gain) * math.sqrt(2.0 / float(fan_in + fan_out))
-    bound = math.sqrt(3.0) * std
+    gain = _checks.real_scalar("gain", gain)
+    fans = _variance_fans(tensor)
+    if fans is None:
+        return tensor
+    bound = math.sqrt(3.0) * gain * math.sqrt(2.0 / float(sum(fans)))
     return _fill(tensor, "uniform", -bound, bound, seed)
 
 
 def xavier_normal_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) -> Any:
     """Glorot / Xavier normal: N(0, std²), ``std = gain·√(2 / (fan_in + fan_out))``."""
-    fan_in, fan_out = _fans(tensor)
-    std = _real("gain", gain) * math.sqrt(2.0 / float(fan_in + fan_out))
-    return _fill(tensor, "normal", 0.0, std, seed)
+    gain = _checks.real_scalar("gain", gain)
+    fans = _variance_fans(tensor)
+    if fans is None:
+        return tensor
+    return _fill(tensor, "normal", 0.0, gain * math.sqrt(2.0 / float(sum(fans))), seed)
 
 
 def _kaiming_std(tensor: Any, a: float, mode: str, nonlinearity: str) -> float | None:
     """``gain / √fan``; None for a zero-element tensor (torch: a no-op with a warning)."""
-    if 0 in tuple(tensor.shape):
-        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
-        return None
-    fan = _fan(tensor, mode)
+    if not isinstance(mode, str) or mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode {mode!r} not supported, please use one of fan_in, fan_out")
     gain = calculate_gain(nonlinearity, a)
-    return gain / math.sqrt(fan)
+    fans = _variance_fans(tensor)
+    return None if fans is None else gain / math.sqrt(fans[mode == "fan_out"])
 
 
 def kaiming_uniform_(
@@ -253,5 +264,7 @@ def lecun_normal_(tensor: Any, *, seed: int | None = None) -> Any:
     alone, i.e. :func:`kaiming_normal_` with ``nonlinearity="linear"``. The usual init for
     SELU networks. Untruncated (Flax's ``lecun_normal`` truncates at 2 std).
     """
-    fan_in, _ = _fans(tensor)
-    return _fill(tensor, "normal", 0.0, 1.0 / math.sqrt(fan_in), seed)
+    fans = _variance_fans(tensor)
+    if fans is None:
+        return tensor
+    return _fill(tensor, "normal", 0.0, 1.0 / math.sqrt(fans[0]), seed)

@@ -13,8 +13,7 @@ kernel call.
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,8 +22,10 @@ from pyopt import _checks, _random, init
 from pyopt._backend import (
     array_module,
     assign,
+    backend_of,
     copy_into,
     device_full,
+    dtype_of,
     is_cuda_array,
     resolve_device,
     to_numpy,
@@ -62,7 +63,13 @@ class Module:
         return self.forward(x)
 
     def train(self, mode: bool = True) -> Module:
-        """Training mode (``mode=True``) or evaluation mode; returns the layer."""
+        """Training mode (``mode=True``) or evaluation mode; returns the layer.
+
+        Raises:
+            ValueError: ``mode`` is not a bool (torch's error for ``train("False")``).
+        """
+        if not isinstance(mode, bool | np.bool_):
+            raise ValueError(f"training mode is expected to be boolean, got mode={mode!r}")
         self.training = bool(mode)
         return self
 
@@ -100,21 +107,27 @@ class Module:
         """NumPy copies of the parameters (and buffers), under torch's key names."""
         return {name: to_numpy(arr) for name, arr in self.named_parameters()}
 
-    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The keys of :meth:`state_dict` and their shapes, without copying anything."""
-        return {name: tuple(arr.shape) for name, arr in self.named_parameters()}
+    def _state_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """The keys of :meth:`state_dict` with their shapes and dtypes, copying nothing."""
+        return {name: (tuple(arr.shape), self.dtype) for name, arr in self.named_parameters()}
 
     def _load(self, values: dict[str, np.ndarray]) -> None:
-        """Copy validated host arrays (keys and shapes of :meth:`_state_shapes`) in place."""
+        """Copy validated host arrays (the keys, shapes and dtypes of
+        :meth:`_state_specs`) in place."""
         for key, value in values.items():
-            copy_into(getattr(self, key), value.astype(self.dtype))
+            copy_into(getattr(self, key), value)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy a :meth:`state_dict` (NumPy, torch CPU tensors or device arrays) in place.
 
-        Every key and shape is checked before anything is copied.
+        Every key, shape and value is checked and converted before anything is copied, so
+        a state dict that does not fit changes nothing.
+
+        Raises:
+            TypeError: ``state`` is not a dict, or an entry does not hold real numbers.
+            ValueError: missing or unexpected keys, or an entry of the wrong shape.
         """
-        self._load(_validated(self._state_shapes(), state))
+        self._load(_validated(self._state_specs(), state))
 
 
 def _check_device(layer: Any, name: str, x: Any) -> None:
@@ -128,21 +141,36 @@ def _check_device(layer: Any, name: str, x: Any) -> None:
         )
 
 
-def _validated(shapes: dict[str, tuple[int, ...]], state: dict[str, Any]) -> dict[str, Any]:
-    """Host copies of ``state``, whose keys and shapes must be exactly ``shapes``."""
-    if set(state) != set(shapes):
-        missing, extra = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
-        raise KeyError(f"state_dict mismatch: missing keys {missing}, unexpected keys {extra}")
-    values = {key: _host_copy(value) for key, value in state.items()}
-    for key, value in values.items():
-        _checks.shape_is(f"state_dict[{key!r}]", value, shapes[key], "as saved by this layer")
+def _validated(
+    specs: dict[str, tuple[tuple[int, ...], np.dtype]], state: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """Host arrays of ``state`` converted to the dtypes of ``specs``, whose keys and shapes
+    ``state`` must have exactly."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+    if set(state) != set(specs):
+        missing, extra = sorted(set(specs) - set(state)), sorted(set(state) - set(specs))
+        raise ValueError(
+            f"state_dict does not fit: missing keys {missing}, unexpected keys {extra}"
+        )
+    values = {}
+    for key, (shape, dtype) in specs.items():
+        where = f"state_dict[{key!r}]"
+        value = _checks.numeric_host_array(where, _host_copy(state[key]), dtype)
+        _checks.shape_is(where, value, shape, "as saved by this layer")
+        values[key] = value
     return values
 
 
-def _host_copy(value: Any) -> np.ndarray:
+def _host_copy(value: Any) -> Any:
     if type(value).__module__.split(".")[0] == "torch" or is_cuda_array(value):
         return to_numpy(value)
-    return np.array(value)
+    return value
+
+
+def _array_arg(name: str, x: Any) -> None:
+    """TypeError naming ``name`` unless ``x`` is a NumPy or CUDA array."""
+    backend_of(((name, x),))
 
 
 class BatchNorm(Module):
@@ -165,6 +193,8 @@ class BatchNorm(Module):
         dtype: float32 or float64, for parameters and statistics (inputs must match).
         device: "auto", "cpu" or "cuda"; "auto" follows ``$PYOPT_DEVICE``, else CUDA when
             it is usable, else the CPU.
+        bias: with ``affine``, also learn the shift ``bias`` (torch's keyword-only
+            ``bias=False``: an affine scale without a shift, ``bias`` is None).
 
     Example:
         >>> bn = BatchNorm2d(3, device="cpu")
@@ -188,22 +218,24 @@ class BatchNorm(Module):
         axis: int = 1,
         dtype: Any = np.float32,
         device: str = "auto",
+        *,
+        bias: bool = True,
     ):
-        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
-            raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1, got {num_features}")
-        self.num_features = int(num_features)
+        self.num_features = _checks.integer("num_features", num_features, 1)
         self.eps = _checks.positive("eps", eps)
         self.momentum = None if momentum is None else _checks.in_unit_interval("momentum", momentum)
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-        self.axis = int(axis)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.axis = _checks.integer("axis", axis)
+        ranks = self._ranks or (64,)  # any rank up to NumPy's largest
+        if not any(-r <= self.axis < r and self.axis % r != 0 for r in ranks):
+            raise ValueError(
+                f"axis {self.axis} is the batch axis or out of range for "
+                f"{' or '.join(f'{r}D' for r in ranks)} input"
+            )
+        self.dtype = _checks.float_dtype_arg("dtype", dtype)
+        self.affine = _checks.flag("affine", affine)
+        has_bias = _checks.flag("bias", bias)
+        self.track_running_stats = _checks.flag("track_running_stats", track_running_stats)
+        _checks.allocatable("num_features", (self.num_features,), self.dtype)
         self.device = resolve_device(device)
         self.training = True
         self.weight = self.bias = self.running_mean = self.running_var = None
@@ -212,7 +244,7 @@ class BatchNorm(Module):
         self._saved: tuple[Any, ...] | None = None
         if self.affine:
             self.weight = self._full(1.0)
-            self.bias = self._full(0.0)
+            self.bias = self._full(0.0) if has_bias else None
         if self.track_running_stats:
             self.running_mean = self._full(0.0)
             self.running_var = self._full(1.0)
@@ -231,16 +263,24 @@ class BatchNorm(Module):
     def reset_parameters(self) -> None:
         """Running statistics reset; ``weight`` to ones and ``bias`` to zeros."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             copy_into(self.weight, np.ones(self.num_features, self.dtype))
+        if self.bias is not None:
             copy_into(self.bias, np.zeros(self.num_features, self.dtype))
 
     def _check_input(self, x: Any) -> None:
-        ndim = len(x.shape)
-        if self._ranks is not None and ndim not in self._ranks:
+        _array_arg("x", x)
+        shape = tuple(x.shape)
+        if self._ranks is not None and len(shape) not in self._ranks:
             expected = " or ".join(f"{r}D" for r in self._ranks)
-            raise ValueError(f"expected {expected} input (got {ndim}D input)")
+            raise ValueError(f"expected {expected} input (got {len(shape)}D input)")
         _check_device(self, "x", x)
+        if len(shape) >= 2 and -len(shape) <= self.axis < len(shape):
+            if shape[self.axis] != self.num_features:
+                raise ValueError(
+                    f"x has {shape[self.axis]} channels along axis {self.axis} (shape "
+                    f"{shape}) but the layer has num_features={self.num_features}"
+                )
 
     def forward(self, x: Any) -> Any:
         """Normalize ``x``; saves what :meth:`backward` needs."""
@@ -278,41 +318,44 @@ class BatchNorm(Module):
         )
         if dweight is not None:
             self._store_grad("weight", dweight)
-            self._store_grad("bias", dbias)
+            if self.bias is not None:
+                self._store_grad("bias", dbias)
         return dx
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """NumPy copies of parameters and buffers, under torch's key names."""
-        state: dict[str, np.ndarray] = {}
-        if self.affine:
-            state["weight"] = to_numpy(self.weight)
-            state["bias"] = to_numpy(self.bias)
+        state = super().state_dict()
         if self.track_running_stats:
             state["running_mean"] = to_numpy(self.running_mean)
             state["running_var"] = to_numpy(self.running_var)
             state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return state
 
-    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
-        channel = (self.num_features,)
-        shapes = dict.fromkeys(("weight", "bias") if self.affine else (), channel)
+    def _state_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        specs = super()._state_specs()
         if self.track_running_stats:
-            shapes.update(running_mean=channel, running_var=channel, num_batches_tracked=())
-        return shapes
+            channel = ((self.num_features,), self.dtype)
+            specs.update(
+                running_mean=channel,
+                running_var=channel,
+                num_batches_tracked=((), np.dtype(np.uint64)),  # validated as a count
+            )
+        return specs
 
     def _load(self, values: dict[str, np.ndarray]) -> None:
         for key, value in values.items():
             if key == "num_batches_tracked":
                 self.num_batches_tracked = int(value)
             else:
-                copy_into(getattr(self, key), value.astype(self.dtype))
+                copy_into(getattr(self, key), value)
 
     def __repr__(self) -> str:
+        shift = "" if self.bias is not None or not self.affine else ", bias=False"
         return (
             f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
             f"momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, axis={self.axis}, "
-            f"dtype={self.dtype.name}, device={self.device!r})"
+            f"dtype={self.dtype.name}, device={self.device!r}{shift})"
         )
 
 
@@ -332,21 +375,6 @@ class BatchNorm3d(BatchNorm):
     """:class:`BatchNorm` over ``(N, C, D, H, W)`` input (``(N, D, H, W, C)`` with axis=-1)."""
 
     _ranks = (5,)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float_dtype(dtype: Any) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
 
 
 class Linear(Module):
@@ -386,17 +414,20 @@ class Linear(Module):
         device: str = "auto",
         seed: int | None = None,
     ):
-        self.in_features = _positive_int("in_features", in_features, 0)
-        self.out_features = _positive_int("out_features", out_features, 0)
-        self.dtype = _float_dtype(dtype)
+        self.in_features = _checks.integer("in_features", in_features, 0)
+        self.out_features = _checks.integer("out_features", out_features, 0)
+        has_bias = _checks.flag("bias", bias)
+        self.dtype = _checks.float_dtype_arg("dtype", dtype)
+        if seed is not None:
+            _random.check_u64("seed", seed)
+        shape = (self.out_features, self.in_features)
+        _checks.allocatable("in_features and out_features", shape, self.dtype)
         self.device = resolve_device(device)
         if self.device == "cuda":
             _require_cupy("Linear")
-        self.weight = device_full(
-            (self.out_features, self.in_features), 0.0, self.dtype, self.device
-        )
+        self.weight = device_full(shape, 0.0, self.dtype, self.device)
         self.bias = (
-            device_full((self.out_features,), 0.0, self.dtype, self.device) if bias else None
+            device_full((self.out_features,), 0.0, self.dtype, self.device) if has_bias else None
         )
         self.weight_grad = self.bias_grad = None
         self._input: Any = None
@@ -458,7 +489,7 @@ def _require_cupy(what: str) -> None:
 def _matching_module(x: Any, layer: Any, name: str) -> Any:
     """The array library of ``x`` (NumPy or CuPy), which must match the layer's device and
     dtype (no silent promotion)."""
-    xp = array_module(x)
+    xp = array_module(name, x)
     _check_device(layer, name, x)
     _checks.same_dtype(name, x, layer.dtype, "the layer's parameters")
     return xp
@@ -480,7 +511,7 @@ class ReLU(Module):
         self._output: Any = None
 
     def forward(self, x: Any) -> Any:
-        xp = array_module(x)
+        xp = array_module("x", x)
         _checks.float_dtype("x", x)
         self._output = xp.maximum(x, x.dtype.type(0))
         return self._output
@@ -488,7 +519,10 @@ class ReLU(Module):
     def backward(self, dy: Any) -> Any:
         if self._output is None:
             raise RuntimeError("backward() called before forward()")
-        xp = array_module(dy)
+        xp = array_module("dy", dy)
+        if xp is not array_module("x", self._output):
+            raise TypeError("dy must be an array of the same library as the forward input")
+        _checks.same_dtype("dy", dy, self._output.dtype, "the last output")
         _checks.shape_is("dy", dy, tuple(self._output.shape), "the shape of the last output")
         return xp.where(self._output <= 0, dy.dtype.type(0), dy)
 
@@ -511,32 +545,60 @@ class Dropout(Module):
     Attributes:
         offset: the offset the next training forward uses.
 
+    :meth:`state_dict` holds the stream's position, ``{"_extra_state": [seed, offset]}``
+    (uint64), so a model resumed from a checkpoint draws the masks the uninterrupted run
+    would have drawn. torch's ``nn.Dropout`` has no such state: to load a pyopt state dict
+    into a torch model, leave out the ``*._extra_state`` keys.
+
     Example:
         >>> drop = Dropout(0.5, seed=3)
         >>> y = drop(np.ones(8, np.float32))
         >>> bool((drop.backward(np.ones(8, np.float32)) == y).all())
         True
+        >>> drop.state_dict()["_extra_state"].tolist()  # seed, next offset
+        [3, 1]
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
         self.p = _checks.in_unit_interval("p", p)
         self.seed = _random.derive_seed() if seed is None else _random.check_u64("seed", seed)
         self.offset = 0
-        self._last: int | None = None  # offset of the last forward; None: identity
+        # (offset of the last training forward or None in eval, its input's shape, dtype)
+        self._last: tuple[int | None, tuple[int, ...], np.dtype] | None = None
 
     def forward(self, x: Any) -> Any:
         if not self.training:
-            self._last = None
-            return dropout(x, self.p, training=False, seed=self.seed)
+            y = dropout(x, self.p, training=False, seed=self.seed)
+            self._last = (None, tuple(x.shape), dtype_of(x))
+            return y
         y = dropout(x, self.p, seed=self.seed, offset=self.offset)
-        self._last = self.offset
+        self._last = (self.offset, tuple(x.shape), dtype_of(x))
         self.offset = (self.offset + 1) % (1 << 64)
         return y
 
     def backward(self, dy: Any) -> Any:
+        """The gradient of the last forward: its mask again (the identity after an eval
+        forward)."""
         if self._last is None:
+            raise RuntimeError("backward() called before forward()")
+        offset, shape, dtype = self._last
+        _array_arg("dy", dy)
+        _checks.same_dtype("dy", dy, dtype, "the last forward input")
+        _checks.shape_is("dy", dy, shape, "the shape of the last forward input")
+        if offset is None:
             return dy
-        return dropout_backward(dy, self.p, seed=self.seed, offset=self._last)
+        return dropout_backward(dy, self.p, seed=self.seed, offset=offset)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``{"_extra_state": [seed, offset]}``: where the layer's random stream stands."""
+        return {"_extra_state": np.array([self.seed, self.offset], dtype=np.uint64)}
+
+    def _state_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {"_extra_state": ((2,), np.dtype(np.uint64))}
+
+    def _load(self, values: dict[str, np.ndarray]) -> None:
+        self.seed, self.offset = (int(v) for v in values["_extra_state"])
+        self._last = None
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p}, seed={self.seed})"
@@ -584,7 +646,7 @@ class Sequential(Module):
         return dy
 
     def train(self, mode: bool = True) -> Sequential:
-        self.training = bool(mode)
+        super().train(mode)
         for layer in self.layers:
             layer.train(mode)
         return self
@@ -641,11 +703,11 @@ class Sequential(Module):
             for key, value in layer.state_dict().items()
         }
 
-    def _state_shapes(self) -> dict[str, tuple[int, ...]]:
+    def _state_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         return {
-            f"{i}.{key}": shape
+            f"{i}.{key}": spec
             for i, layer in enumerate(self.layers)
-            for key, shape in layer._state_shapes().items()
+            for key, spec in layer._state_specs().items()
         }
 
     def _load(self, values: dict[str, np.ndarray]) -> None:
@@ -680,14 +742,16 @@ class CrossEntropyLoss:
         return self.forward(logits, target)
 
     def forward(self, logits: Any, target: Any) -> float:
-        xp = array_module(logits)
+        xp = array_module("logits", logits)
+        if array_module("target", target) is not xp:
+            raise TypeError("target must be an array of the same library as logits")
         _checks.float_dtype("logits", logits)
         if len(logits.shape) != 2:
             raise ValueError(f"logits must have shape (N, classes), got {tuple(logits.shape)}")
         n, classes = logits.shape
+        if classes == 0:
+            raise ValueError("logits must have at least one class (shape (N, classes))")
         _checks.shape_is("target", target, (n,), "one class index per row of logits")
-        if n == 0:
-            raise ValueError("logits is an empty batch")
         if target.dtype.kind not in "iu":
             raise TypeError(f"target must hold integer class indices, got {target.dtype}")
         if bool(((target < 0) | (target >= classes)).any()):
@@ -697,6 +761,8 @@ class CrossEntropyLoss:
         log_probs = shifted - log_z
         rows = xp.arange(n)
         self._saved = (log_probs, target)
+        if n == 0:
+            return math.nan  # the mean of no losses, as torch
         return float(-log_probs[rows, target].mean())
 
     def backward(self) -> Any:
@@ -704,7 +770,7 @@ class CrossEntropyLoss:
         if self._saved is None:
             raise RuntimeError("backward() called before forward()")
         log_probs, target = self._saved
-        xp = array_module(log_probs)
+        xp = array_module("logits", log_probs)
         n = log_probs.shape[0]
         grad = xp.exp(log_probs)
         grad[xp.arange(n), target] -= 1

@@ -146,3 +146,27 @@ class TestDropoutLayer:
     def test_bad_p(self):
         with pytest.raises(ValueError, match="p must be in"):
             Dropout(1.2)
+
+
+def test_resume_from_state_dict_draws_the_same_masks(tmp_path):
+    """The stream position is layer state: a model resumed from a checkpoint (even one
+    built with other seeds) draws the masks of the uninterrupted run, bit for bit."""
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+
+    def model(seed):
+        return pyopt.nn.Sequential(Dropout(0.5, seed=seed), pyopt.nn.ReLU(), Dropout(0.2))
+
+    run = model(11)
+    for _ in range(3):
+        run(x)
+    pyopt.save(tmp_path / "ckpt.pyopt", run.state_dict())
+    expected = [run(x) for _ in range(3)]
+    resumed = model(99)
+    resumed.load_state_dict(pyopt.load(tmp_path / "ckpt.pyopt"))
+    assert set(resumed.state_dict()) == {"0._extra_state", "2._extra_state"}
+    for want in expected:
+        np.testing.assert_array_equal(resumed(x), want)
+    with pytest.raises(RuntimeError, match="before forward"):
+        model(1)[0].backward(x)
+    with pytest.raises(ValueError, match="shape"):
+        resumed[0].backward(x[:3])

@@ -299,7 +299,7 @@ def test_bad_params_are_rejected():
     with pytest.raises(TypeError, match="float32 or float64"):
         optim.Adam([np.ones(3, np.int64)])
     p = np.ones(3)
-    with pytest.raises(ValueError, match="appear once"):
+    with pytest.raises(ValueError, match="shares memory"):
         optim.Adam([{"params": [p]}, {"params": [p]}])
     ro = np.ones(3)
     ro.flags.writeable = False
@@ -355,16 +355,35 @@ def test_bad_step_options_change_nothing(options, error, match):
     _same_snapshot(before, _snapshot(opt, params))
 
 
-def test_hyperparameter_made_invalid_between_steps_changes_nothing():
+@pytest.mark.parametrize(
+    ("value", "error"), [("0.1", TypeError), (float("nan"), ValueError), (None, TypeError)]
+)
+def test_hyperparameter_made_invalid_between_steps_changes_nothing(value, error):
     params = _data(np.float32)
     opt = optim.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}])
     opt.step(_grads(0, dtype=np.float32))
     before = _snapshot(opt, params)
-    opt.param_groups[1]["lr"] = -0.1
-    with pytest.raises(ValueError, match="lr"):
+    opt.param_groups[1]["lr"] = value
+    with pytest.raises(error, match="lr"):
         opt.step(_grads(1, dtype=np.float32))
     opt.param_groups[1]["lr"] = 0.1
     _same_snapshot(before, _snapshot(opt, params))
+
+
+def test_ranges_are_checked_at_construction_only_as_in_torch():
+    """torch validates lr >= 0 when an optimizer is built; a step takes what the groups
+    hold, so a schedule's rounding to -5.6e-19 (LinearLR to 0) keeps training."""
+    with pytest.raises(ValueError, match="lr"):
+        optim.SGD([np.ones(3)], lr=-0.1)
+    with pytest.raises(ValueError, match="lr"):
+        optim.SGD([np.ones(3)]).add_param_group({"params": [np.ones(2)], "lr": -0.1})
+    w = np.ones(3)
+    opt = optim.SGD([w], lr=0.1)
+    opt.param_groups[0]["lr"] = -5.6e-19
+    opt.step([np.ones(3)])
+    np.testing.assert_array_equal(w, np.ones(3) + 5.6e-19)
+    opt.load_state_dict(opt.state_dict())  # a checkpoint of that run loads as in torch
+    assert opt.param_groups[0]["lr"] == -5.6e-19
 
 
 def test_non_contiguous_cpu_params_are_updated_in_place():
@@ -441,7 +460,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(backend):
         (lambda sd: sd["state"][1].update(exp_avg=np.zeros(3)), r"state\[1\]\['exp_avg'\]"),
         (lambda sd: sd["state"][2].pop("exp_avg_sq"), "lacks 'exp_avg_sq'"),
         (lambda sd: sd["state"][0].update(step=-1), "step"),
-        (lambda sd: sd["param_groups"][0].update(lr=-1.0), "lr"),
+        (lambda sd: sd["param_groups"][0].update(lr=float("nan")), "lr"),
         (lambda sd: sd.pop("state"), "exactly"),
     ],
 )
@@ -472,6 +491,7 @@ def test_state_dict_is_numpy_copies():
         "weight_decay": 0.0,
         "amsgrad": False,
         "maximize": False,
+        "decoupled_weight_decay": False,
         "params": [0],
     }
 
@@ -497,6 +517,102 @@ def test_param_buffer_views_and_validation():
         optim.ParamBuffer([(2,)], dtype=np.int32)
     with pytest.raises(ValueError, match="shape"):
         buf.load({"w": np.ones(3)})
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match="nope"):
         buf.load({"nope": np.ones(3)})
     assert (buf["w"] == 0).all(), "a failed load copies nothing"
+
+
+def test_params_as_torch_gives_them():
+    """(name, array) pairs as ``named_parameters()`` gives, generators, one array as a
+    group's params; named beside unnamed groups is torch's ValueError."""
+    w, b = np.ones(3), np.ones(2)
+    opt = optim.SGD([("w", w), ("b", b)], lr=0.5)
+    assert opt.param_groups[0]["param_names"] == ["w", "b"]
+    opt.step({"w": np.ones(3), "b": None})
+    assert w.tolist() == [0.5] * 3 and b.tolist() == [1.0, 1.0]
+    opt = optim.SGD((p for p in [np.ones(3)]), lr=0.5)
+    assert len(opt.param_groups[0]["params"]) == 1
+    with pytest.raises(ValueError, match="with names or all without"):
+        optim.SGD([{"params": [("w", np.ones(3))]}, {"params": [np.ones(2)]}])
+    with pytest.raises(ValueError, match="with names or without"):
+        optim.SGD([("w", np.ones(3)), np.ones(2)])
+    with pytest.raises(TypeError, match="not a set"):
+        optim.SGD({np.float64(1.0)})
+
+
+def test_add_param_group_checks_everything_first():
+    a, b = np.ones(3, np.float32), np.ones(2, np.float32)
+    opt = optim.Adam([a], lr=0.1)
+    opt.add_param_group({"params": b, "lr": 0.2, "betas": (0.5, 0.9)})
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2]
+    opt.step([np.ones(3, np.float32), np.ones(2, np.float32)])
+    np.testing.assert_allclose(b, 0.8)  # Adam's first step moves by lr
+    before = _snapshot(opt, [a, b])
+    for bad, error in [
+        ({"params": [a]}, ValueError),  # already in group 0
+        ({"params": [np.ones(2, np.float32)], "lr": -1.0}, ValueError),
+        ({"params": [np.ones(2, np.float32)], "betas": (1.0, 0.9)}, ValueError),
+        ({"params": [("named", np.ones(2, np.float32))]}, ValueError),
+        ({"params": [np.ones(2, np.int32)]}, TypeError),
+        ({"lr": 0.1}, ValueError),
+        ([np.ones(2, np.float32)], TypeError),
+    ]:
+        with pytest.raises(error):
+            opt.add_param_group(bad)
+        assert len(opt.param_groups) == 2
+    _same_snapshot(before, _snapshot(opt, [a, b]))
+
+
+def test_a_changed_params_list_is_refused_not_misread():
+    opt = optim.Adam([np.ones(3)])
+    opt.param_groups[0]["params"].append(np.ones(2))
+    for call in (lambda: opt.step([np.ones(3), np.ones(2)]), opt.state_dict):
+        with pytest.raises(ValueError, match="add_param_group"):
+            call()
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop"])
+def test_state_dicts_interchange_with_torch(name):
+    """A pyopt state dict loads into torch.optim and a torch one into pyopt (step counts
+    as torch's float tensors included); both then continue as the uninterrupted run."""
+    torch = pytest.importorskip("torch", reason="torch is the other side of the exchange")
+    kwargs = {"lr": 0.01, "momentum": 0.9} if name in ("SGD", "RMSprop") else {"lr": 0.01}
+    params = _data(np.float64, [(3,), (2, 2)])
+    ours = getattr(optim, name)(params, **kwargs)
+    tparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    theirs = getattr(torch.optim, name)(tparams, foreach=False, **kwargs)
+    for t in range(3):
+        grads = _grads(t, [(3,), (2, 2)])
+        ours.step(grads)
+        for tp, g in zip(tparams, grads, strict=True):
+            tp.grad = torch.from_numpy(g)
+        theirs.step()
+    mine = ours.state_dict()
+    as_torch = {
+        "state": {
+            i: {
+                k: torch.tensor(float(v)) if k == "step" else torch.from_numpy(v)
+                for k, v in s.items()
+            }
+            for i, s in mine["state"].items()
+        },
+        "param_groups": mine["param_groups"],
+    }
+    fresh_t = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
+    resumed_torch = getattr(torch.optim, name)(fresh_t, foreach=False, **kwargs)
+    resumed_torch.load_state_dict(as_torch)
+    fresh = [p.copy() for p in params]
+    resumed_ours = getattr(optim, name)(fresh, **kwargs)
+    resumed_ours.load_state_dict(theirs.state_dict())  # torch tensors, tensor steps
+    # torch's SGD keeps no step count: pyopt's only needs "the buffer has started".
+    assert resumed_ours.state_dict()["state"][0]["step"] == (1 if name == "SGD" else 3)
+    for t in range(3, 6):
+        grads = _grads(t, [(3,), (2, 2)])
+        ours.step(grads)
+        resumed_ours.step(grads)
+        for tp, g in zip(fresh_t, grads, strict=True):
+            tp.grad = torch.from_numpy(g)
+        resumed_torch.step()
+    for p, q, tp in zip(params, fresh, fresh_t, strict=True):
+        assert _rel_err(q, p) < 1e-12
+        assert _rel_err(tp.detach().numpy(), p) < 1e-12

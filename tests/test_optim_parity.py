@@ -44,6 +44,7 @@ TABLE = [
     ("Adam", {"lr": 1e-2, "amsgrad": True}, {}),
     ("Adam", {"lr": 1e-2, "maximize": True}, {}),
     ("Adam", {"lr": 1e-2}, {"max_grad_norm": 1.0}),
+    ("Adam", {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True}, {}),
     ("AdamW", {"lr": 1e-2}, {}),
     ("AdamW", {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True}, {"grad_scale": 65536.0}),
     ("Adagrad", {}, {}),

@@ -31,6 +31,7 @@ CONFIGS = {
     "default": dict(),
     "momentum_none": dict(momentum=None),
     "no_affine": dict(affine=False),
+    "no_bias": dict(bias=False),  # torch's keyword-only bias: a scale without a shift
     "no_tracking": dict(track_running_stats=False),
     "momentum_eps": dict(momentum=0.3, eps=1e-3),
 }
@@ -60,8 +61,10 @@ def test_layer_matches_torch(backend, dtype, config, layout):
             b = rng.standard_normal(channels).astype(dtype)
             with torch.no_grad():
                 ref.weight.copy_(torch.from_numpy(w))
-                ref.bias.copy_(torch.from_numpy(b))
-            ours.load_state_dict({**ours.state_dict(), "weight": w, "bias": b})
+                if ref.bias is not None:
+                    ref.bias.copy_(torch.from_numpy(b))
+            affine = {"weight": w, "bias": b} if ref.bias is not None else {"weight": w}
+            ours.load_state_dict({**ours.state_dict(), **affine})
         for step in range(4):
             training = step < 3
             ref.train(training)
@@ -89,8 +92,14 @@ def test_layer_matches_torch(backend, dtype, config, layout):
                 assert_close(
                     ours.weight_grad, ref.weight.grad.numpy(), dtype, gtol, f"dweight {what}"
                 )
-                assert_close(ours.bias_grad, ref.bias.grad.numpy(), dtype, gtol, f"dbias {what}")
-                ref.weight.grad = ref.bias.grad = None
+                if ref.bias is None:
+                    assert ours.bias is None and ours.bias_grad is None
+                else:
+                    assert_close(
+                        ours.bias_grad, ref.bias.grad.numpy(), dtype, gtol, f"dbias {what}"
+                    )
+                    ref.bias.grad = None
+                ref.weight.grad = None
             else:
                 assert ours.weight_grad is None and ours.bias_grad is None
             expected_state = {k: v.numpy() for k, v in ref.state_dict().items()}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pyopt import _optim_functional as F
 from pyopt.optim._optimizer import Optimizer
@@ -55,6 +56,12 @@ class SGD(Optimizer):
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
+    def _saved_step(self, entry: Mapping[str, Any], where: str) -> int:
+        # torch's SGD keeps no step count: a saved momentum buffer has had its first step.
+        if "step" not in entry:
+            return int("momentum_buffer" in entry)
+        return super()._saved_step(entry, where)
+
     def _allocate(self, gi: int, name: str) -> None:
         # A new momentum buffer starts from the gradient (torch's ``buf = g.clone()``):
         # the step counts of SGD count the buffer's steps.
@@ -82,16 +89,17 @@ class Adam(Optimizer):
 
     ``m ← β1·m + (1 − β1)·g``, ``v ← β2·v + (1 − β2)·g²``,
     ``p ← p − lr/(1 − β1^t)·m / (√(v/(1 − β2^t)) + ε)`` (see :func:`pyopt.functional.adam_`);
-    ``weight_decay`` adds ``λ·p`` to the gradient (L2). State: ``exp_avg``,
-    ``exp_avg_sq`` (and ``max_exp_avg_sq``) in the param dtype.
+    ``weight_decay`` adds ``λ·p`` to the gradient (L2), or with
+    ``decoupled_weight_decay`` decays ``p ← p·(1 − lr·λ)`` first (AdamW). State:
+    ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``) in the param dtype.
 
     Args:
         params: arrays, a dict name -> array, or param groups (see :class:`Optimizer`).
-        lr, betas, eps, weight_decay, amsgrad, maximize: as torch.
+        lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay: as
+            torch (``decoupled_weight_decay=True`` is :class:`AdamW`'s rule).
     """
 
     _rule = "Adam"
-    _decoupled = False
 
     def __init__(
         self,
@@ -103,6 +111,7 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        decoupled_weight_decay: bool = False,
     ):
         defaults = {
             "lr": lr,
@@ -111,6 +120,7 @@ class Adam(Optimizer):
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
             "maximize": maximize,
+            "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
 
@@ -134,7 +144,7 @@ class Adam(Optimizer):
             weight_decay=group["weight_decay"],
             amsgrad=group["amsgrad"],
             maximize=group["maximize"],
-            decoupled_weight_decay=self._decoupled,
+            decoupled_weight_decay=group["decoupled_weight_decay"],
             grad_scale=grad_scale,
         )
 
@@ -143,10 +153,12 @@ class AdamW(Adam):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
     A drop-in for ``torch.optim.AdamW``: ``p ← p·(1 − lr·λ)`` before the Adam update,
-    instead of adding ``λ·p`` to the gradient; ``weight_decay`` defaults to 1e-2.
+    instead of adding ``λ·p`` to the gradient; ``weight_decay`` defaults to 1e-2. As
+    torch's, it is :class:`Adam` with ``decoupled_weight_decay=True``, also after loading a
+    state dict that says otherwise.
     """
 
-    _decoupled = True
+    _forced_on_load: ClassVar[dict[str, Any]] = {"decoupled_weight_decay": True}
 
     def __init__(
         self,
@@ -159,7 +171,16 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=True,
+        )
 
 
 class Adagrad(Optimizer):
@@ -191,8 +212,9 @@ class Adagrad(Optimizer):
             "maximize": maximize,
         }
         super().__init__(params, defaults)
-        for gi in range(len(self.param_groups)):
-            self._ensure_state(gi)
+
+    def _init_group_state(self, gi: int) -> None:
+        self._ensure_state(gi)
 
     def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("sum",)

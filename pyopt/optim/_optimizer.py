@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from pyopt import _checks
-from pyopt._backend import backend_of, call_for, copy_into, dtype_of, to_numpy
-from pyopt._optim_functional import check_hyperparameters, grad_sumsq
+from pyopt import _checks, _multi
+from pyopt._backend import (
+    backend_of,
+    call_for,
+    copy_into,
+    dtype_of,
+    is_array,
+    to_numpy,
+    type_name,
+)
+from pyopt._optim_functional import FLAGS, check_hyperparameters, grad_sumsq
 
 
 class StepResult(NamedTuple):
@@ -45,10 +53,21 @@ class Optimizer:
     """Base class of pyopt's optimizers (torch.optim semantics, fused kernels).
 
     Args:
-        params: a list of arrays, a dict name -> array, or a list of param-group dicts
-            (``{"params": [...] or {...}, "lr": ...}``) as in torch. Arrays are float32 or
-            float64, all NumPy (CPU) or all CUDA (CuPy, Numba, torch), updated in place.
-        defaults: the hyperparameters of every group that does not set its own.
+        params: as torch's: an iterable (a list, a generator) of arrays or of
+            ``(name, array)`` pairs (``model.named_parameters()``), a dict name -> array,
+            or a list of param-group dicts (``{"params": ..., "lr": ...}``, where
+            ``params`` may also be one array). All groups named or none; a single array
+            as ``params`` itself is a TypeError, as in torch. Arrays are float32 or
+            float64, writeable, sharing no memory, all NumPy (CPU) or all CUDA (CuPy,
+            Numba, torch), updated in place.
+        defaults: the hyperparameters of every group that does not set its own, checked
+            as torch checks them when a group is added, and again at every step except
+            the sign of ``lr``: a scheduler's rounding of the lr below zero
+            (``-5.6e-19``) is a valid value, as in torch.
+
+    Each group's ``"params"`` list is fixed once added (change it through
+    :meth:`add_param_group`); the other entries of ``param_groups`` are read at every
+    step.
 
     A step runs one fused kernel call per run of params that lie end to end in memory
     (with their grads): over a :class:`ParamBuffer` that is one call per group and
@@ -57,74 +76,124 @@ class Optimizer:
     """
 
     _rule: ClassVar[str]
-    # Hyperparameters whose value decides which state tensors exist.
-    _layout_keys: ClassVar[tuple[str, ...]] = ()
+    # Hyperparameters a loaded state dict cannot change (AdamW's decoupled decay).
+    _forced_on_load: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]):
         self.defaults = dict(defaults)
-        groups = self._parse_params(params)
         self.param_groups: list[dict[str, Any]] = []
         self._names: list[str | None] = []
-        seen: dict[int, str] = {}
-        pairs = []
-        for gi, (names, arrays, options) in enumerate(groups):
-            for k, arr in enumerate(arrays):
-                where = f"param_groups[{gi}]['params'][{k}]"
-                if id(arr) in seen:
-                    raise ValueError(f"{where} is also {seen[id(arr)]}: a param may appear once")
-                seen[id(arr)] = where
-                pairs.append((where, arr))
-            group = {**self.defaults, **options, "params": list(arrays)}
-            if names is not None:
-                group["param_names"] = list(names)
-            self._check_group(group)
-            self.param_groups.append(group)
-            self._names.extend(names if names is not None else [None] * len(arrays))
-        self._backend = backend_of(pairs)
-        call = call_for(self._backend, pairs[0][1])
-        for where, arr in pairs:
-            _checks.float_dtype(where, arr)
-            call.check_inplace(where, arr)
-        self._params = [p for _, p in pairs]
-        self._states = [_GroupState(len(g["params"])) for g in self.param_groups]
+        self._params: list[Any] = []
+        self._states: list[_GroupState] = []
+        self._backend: str | None = None
+        if is_array(params) or type(params).__module__.split(".")[0] == "torch":
+            raise TypeError(
+                "params must be an iterable of arrays, a dict name -> array or a list of "
+                f"param groups, got a single array ({type_name(params)}): pass [params]"
+            )
+        if isinstance(params, Mapping):
+            groups: list[Any] = [{"params": params}]
+        else:
+            groups = _as_list("params", params)
+            if not groups:
+                raise ValueError("params is empty: the optimizer got an empty parameter list")
+            if not isinstance(groups[0], Mapping):
+                groups = [{"params": groups}]
+        for gi, group in enumerate(groups):
+            self._add_group(group, f"params[{gi}]" if len(groups) > 1 else "params")
 
     # --- construction -----------------------------------------------------------------
 
-    @staticmethod
-    def _parse_params(params: Any) -> list[tuple[list[str] | None, list[Any], dict]]:
-        """``[(names or None, arrays, options)]`` for each group."""
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a param group (torch's ``add_param_group``): its params and, optionally, its
+        own hyperparameters; the others are taken from the optimizer's defaults.
 
-        def split(ps: Any, where: str) -> tuple[list[str] | None, list[Any]]:
-            if isinstance(ps, Mapping):
-                for name in ps:
-                    if not isinstance(name, str):
-                        raise TypeError(f"{where} keys must be str names, got {name!r}")
-                return list(ps), list(ps.values())
-            if isinstance(ps, Sequence) and not isinstance(ps, str):
-                return None, list(ps)
-            raise TypeError(
-                f"{where} must be a list of arrays, a dict name -> array or a list of param "
-                f"groups, got {type(ps).__module__}.{type(ps).__qualname__}"
-            )
+        Everything is checked before the optimizer changes: a group that does not fit
+        (a param already in another group, a bad hyperparameter, named params beside
+        unnamed ones, another device) raises and adds nothing.
 
-        if isinstance(params, Sequence) and params and all(isinstance(g, dict) for g in params):
-            groups = []
-            for gi, g in enumerate(params):
-                if "params" not in g:
-                    raise ValueError(f"params[{gi}] is a param group without a 'params' key")
-                names, arrays = split(g["params"], f"params[{gi}]['params']")
-                if not arrays:
-                    raise ValueError(f"params[{gi}]['params'] is empty")
-                options = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-                groups.append((names, arrays, options))
-            return groups
-        names, arrays = split(params, "params")
+        Args:
+            param_group: ``{"params": arrays, <hyperparameter>: value, ...}``; ``params``
+                is an array, an iterable of arrays or of ``(name, array)`` pairs (as
+                ``named_parameters()`` gives), or a dict name -> array.
+
+        Raises:
+            TypeError, ValueError: what does not fit, named.
+        """
+        self._add_group(param_group, f"param_groups[{len(self.param_groups)}]")
+
+    def _add_group(self, param_group: Any, where: str) -> None:
+        if not isinstance(param_group, Mapping):
+            raise TypeError(f"{where} must be a param group dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError(f"{where} is a param group without a 'params' key")
+        names, arrays = _split_params(param_group["params"], f"{where}['params']")
         if not arrays:
-            raise ValueError("the optimizer got an empty parameter list")
-        return [(names, arrays, {})]
+            raise ValueError(f"{where}['params'] is empty")
+        if self.param_groups and (names is None) != (self._names[0] is None):
+            raise ValueError(
+                f"{where} has {'unnamed' if names is None else 'named'} params but the "
+                f"optimizer's other groups are {'named' if names is None else 'unnamed'}: "
+                "all params must be given with names or all without"
+            )
+        options = {k: v for k, v in param_group.items() if k not in ("params", "param_names")}
+        group = {**self.defaults, **options, "params": arrays}
+        if names is not None:
+            group["param_names"] = names
+        try:
+            self._check_group(group, lr_sign=True)
+        except (TypeError, ValueError) as exc:
+            if where == "params":
+                raise
+            raise type(exc)(f"{where}: {exc}") from None
+        pairs = [(f"{where}['params'][{k}]", arr) for k, arr in enumerate(arrays)]
+        known = [("the optimizer's params", self._params[0])] if self._params else []
+        backend = backend_of([*known, *pairs])
+        call = call_for(backend, arrays[0])
+        for name, arr in pairs:
+            _checks.float_dtype(name, arr)
+            call.check_inplace(name, arr)
+        # A param given twice (or two views of one memory) would be updated twice a step.
+        _multi.check_disjoint([*((f"param {i}", p) for i, p in enumerate(self._params)), *pairs])
+        # Checked: now the optimizer changes.
+        self._backend = backend
+        self.param_groups.append(group)
+        self._names.extend(names if names is not None else [None] * len(arrays))
+        self._params.extend(arrays)
+        self._states.append(_GroupState(len(arrays)))
+        self._init_group_state(len(self.param_groups) - 1)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        check_hyperparameters(self._rule, group)
+    def _check_params_unchanged(self) -> None:
+        """ValueError when a group's ``"params"`` list no longer holds the arrays it was
+        built with: the state and step counts are laid out for those (add params with
+        :meth:`add_param_group`)."""
+        start = 0
+        for gi, group in enumerate(self.param_groups):
+            mine = self._params[start : start + len(self._states[gi].steps)]
+            start += len(mine)
+            current = group["params"]
+            if len(current) != len(mine) or any(
+                a is not b for a, b in zip(current, mine, strict=True)
+            ):
+                raise ValueError(
+                    f"param_groups[{gi}]['params'] was changed after the group was added; "
+                    "add params with add_param_group() instead"
+                )
+
+    def _saved_step(self, entry: Mapping[str, Any], where: str) -> int:
+        """The step count of a saved param state (``where`` names it in errors)."""
+        if "step" not in entry:
+            raise ValueError(f"{where} lacks 'step'")
+        return _step_count(entry["step"], f"{where}['step']")
+
+    def _init_group_state(self, gi: int) -> None:
+        """Allocate the state a rule keeps from the start (none by default)."""
+
+    def _check_group(self, group: dict[str, Any], lr_sign: bool = False) -> None:
+        """The group's hyperparameters (see :func:`check_hyperparameters`); ``lr >= 0``
+        only with ``lr_sign``, when a group is added, as torch checks it: at a step a
+        scheduler's rounding (``-5.6e-19`` for a zero lr) is a valid value."""
+        check_hyperparameters(self._rule, group, lr_sign=lr_sign)
 
     # --- per-rule hooks ---------------------------------------------------------------
 
@@ -255,6 +324,7 @@ class Optimizer:
         Raises:
             TypeError, ValueError: bad grads or hyperparameters (named); nothing changed.
         """
+        self._check_params_unchanged()
         grads = self._grads_list(grads)
         self._check_grads(grads)
         for group in self.param_groups:
@@ -267,8 +337,8 @@ class Optimizer:
             grad_scale = _checks.positive("grad_scale", grad_scale)
         if skip_if_nonfinite is None:
             skip_if_nonfinite = max_grad_norm is not None or grad_scale is not None
-        elif not isinstance(skip_if_nonfinite, bool):
-            raise TypeError("skip_if_nonfinite must be a bool or None")
+        else:
+            skip_if_nonfinite = _checks.flag("skip_if_nonfinite", skip_if_nonfinite)
 
         norm = None
         scale = grad_scale
@@ -316,6 +386,7 @@ class Optimizer:
         [{<hyperparameters>, "params": [index, ...]}]}``, indices counting params across
         groups in order. Only params that have state appear in ``"state"``.
         """
+        self._check_params_unchanged()
         state: dict[int, dict[str, Any]] = {}
         groups = []
         index = 0
@@ -343,29 +414,63 @@ class Optimizer:
         Raises:
             TypeError, ValueError: the dict does not fit these params (what and where).
         """
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
+        self._check_params_unchanged()
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        if set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with exactly 'state' and 'param_groups'")
         saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-        if not isinstance(saved_groups, Sequence) or len(saved_groups) != len(self.param_groups):
+        if not isinstance(saved_state, Mapping):
+            raise TypeError(
+                f"state_dict['state'] must be a dict index -> state, got "
+                f"{type(saved_state).__name__}"
+            )
+        if isinstance(saved_groups, str | Mapping) or not isinstance(saved_groups, Sequence):
+            raise TypeError(
+                f"state_dict['param_groups'] must be a list, got {type(saved_groups).__name__}"
+            )
+        if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict has {len(saved_groups)} param groups, the optimizer has "
                 f"{len(self.param_groups)}"
             )
+        indices = {i: i for i in range(len(self._params))} | {
+            str(i): i for i in range(len(self._params))
+        }
+        for key in saved_state:
+            if isinstance(key, bool) or key not in indices:
+                raise ValueError(
+                    f"state_dict['state'] has the key {key!r}, which is no param index "
+                    f"(0 to {len(self._params) - 1})"
+                )
         params = self._params
         new_groups = []
         plan: list[tuple[int, int, dict[str, np.ndarray], int]] = []
         index = 0
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
+            if not isinstance(saved, Mapping):
+                raise TypeError(
+                    f"state_dict['param_groups'][{gi}] must be a dict, got {type(saved).__name__}"
+                )
             n = len(group["params"])
             expected = list(range(index, index + n))
-            if list(saved.get("params", ())) != expected:
+            saved_indices = saved.get("params", ())
+            if isinstance(saved_indices, str) or not isinstance(saved_indices, Sequence):
+                raise TypeError(
+                    f"state_dict param_groups[{gi}]['params'] must be a list of param "
+                    f"indices, got {type(saved_indices).__name__}"
+                )
+            if list(saved_indices) != expected:
                 raise ValueError(
                     f"state_dict param_groups[{gi}]['params'] must be {expected} for these "
                     f"params, got {saved.get('params')!r}"
                 )
+            # As torch's __setstate__: flags an older checkpoint lacks default to False.
             merged = {
+                **{k: False for k in FLAGS if k in self.defaults},
                 **{k: v for k, v in saved.items() if k != "params"},
                 "params": group["params"],
+                **self._forced_on_load,
             }
             missing = [k for k in self.defaults if k not in merged]
             if missing:
@@ -378,24 +483,23 @@ class Optimizer:
                 entry = saved_state.get(i, saved_state.get(str(i)))
                 if entry is None:
                     continue
-                step = entry.get("step")
-                if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-                    raise ValueError(f"state_dict state[{i}]['step'] must be an int >= 0")
+                if not isinstance(entry, Mapping):
+                    raise TypeError(
+                        f"state_dict state[{i}] must be a dict, got {type(entry).__name__}"
+                    )
+                step = self._saved_step(entry, f"state_dict state[{i}]")
                 arrays = {}
                 for name in entry:
                     if name == "step":
                         continue
-                    arr = np.asarray(entry[name])
-                    if arr.shape != tuple(params[i].shape) or arr.dtype.kind != "f":
-                        raise ValueError(
-                            f"state_dict state[{i}][{name!r}] must be a float array of shape "
-                            f"{tuple(params[i].shape)}, got {arr.dtype} {arr.shape}"
-                        )
+                    where = f"state_dict state[{i}][{name!r}]"
+                    arr = _checks.numeric_host_array(where, _host(entry[name]), dtype_of(params[i]))
+                    _checks.shape_is(where, arr, tuple(params[i].shape), "the shape of its param")
                     arrays[name] = arr
                 absent = [name for name in names if name not in arrays]
                 if absent:
                     raise ValueError(f"state_dict state[{i}] lacks {absent[0]!r}")
-                plan.append((gi, k, arrays, int(step)))
+                plan.append((gi, k, arrays, step))
             new_groups.append(merged)
             index += n
         # Validated: now change things.
@@ -410,9 +514,8 @@ class Optimizer:
         for gi, k, arrays, step in plan:
             gstate = self._states[gi]
             gstate.steps[k] = step
-            dtype = dtype_of(self.param_groups[gi]["params"][k])
             for name, arr in arrays.items():
-                copy_into(gstate.buffers[name][k], arr.astype(dtype, copy=False))
+                copy_into(gstate.buffers[name][k], arr)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -424,6 +527,27 @@ class Optimizer:
         return "\n".join([*lines, ")"])
 
 
+def _step_count(value: Any, where: str) -> int:
+    """A saved step count: an int, or an integer-valued float or 0-d array (torch saves
+    ``tensor(3.)``), >= 0."""
+    if type(value).__module__.split(".")[0] == "torch" or isinstance(value, np.ndarray):
+        value = value.item() if math.prod(tuple(value.shape)) == 1 else value
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{where} must be an int (a step count), got {value!r}")
+    if value < 0:
+        raise ValueError(f"{where} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def _host(value: Any) -> Any:
+    """A torch CPU tensor as a NumPy array (a saved torch state); anything else as is."""
+    if type(value).__module__.split(".")[0] == "torch":
+        return value.detach().cpu().numpy()
+    return value
+
+
 def _plain(value: Any) -> Any:
     """Hyperparameter values as plain Python objects (lists of names copied)."""
     if isinstance(value, np.generic):
@@ -431,3 +555,43 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return list(value)
     return value
+
+
+def _as_list(where: str, items: Any) -> list[Any]:
+    """``items`` (any ordered iterable, e.g. a generator) as a list; sets are refused as
+    torch refuses them: their order, hence the param order, changes between runs."""
+    if isinstance(items, set | frozenset):
+        raise TypeError(
+            f"{where} must be an ordered collection (a list), not a set: the order of a "
+            "set's items changes between runs"
+        )
+    if isinstance(items, str) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"{where} must be an iterable of arrays, a dict name -> array or a list of "
+            f"param groups, got {type_name(items)}"
+        )
+    return list(items)
+
+
+def _split_params(params: Any, where: str) -> tuple[list[str] | None, list[Any]]:
+    """``(names or None, arrays)`` of one group's params: an array, a dict name -> array,
+    or an iterable of arrays or of ``(name, array)`` pairs (all named or none)."""
+    if is_array(params):
+        return None, [params]
+    if isinstance(params, Mapping):
+        items = list(params.items())
+    else:
+        entries = _as_list(where, params)
+        pairs = [isinstance(e, tuple) and len(e) == 2 for e in entries]
+        if any(pairs) and not all(pairs):
+            raise ValueError(
+                f"{where} mixes (name, array) pairs and bare arrays: all optimizer params "
+                "should be with names or without"
+            )
+        if not (entries and all(pairs)):
+            return None, entries
+        items = entries
+    for name, _ in items:
+        if not isinstance(name, str):
+            raise TypeError(f"{where} names must be str, got {name!r}")
+    return [name for name, _ in items], [arr for _, arr in items]

@@ -58,21 +58,19 @@ class ParamBuffer(Mapping):
             )
         if not items:
             raise ValueError("shapes is empty")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.dtype = _checks.float_dtype_arg("dtype", dtype)
         self._slices: dict[str, tuple[int, int, tuple[int, ...]]] = {}
         offset = 0
         for name, shape in items:
             if not isinstance(name, str):
                 raise TypeError(f"shapes keys must be str names, got {name!r}")
-            shape = tuple(int(d) for d in ((shape,) if isinstance(shape, int) else shape))
-            if any(d < 0 for d in shape):
-                raise ValueError(f"shape of {name!r} has a negative extent: {shape}")
+            shape = _checks.shape_arg(f"shapes[{name!r}]", shape)
+            _checks.allocatable(f"shapes[{name!r}]", shape, self.dtype)
             size = math.prod(shape)
             self._slices[name] = (offset, size, shape)
             offset += size
         self.size = offset
+        _checks.allocatable("shapes", (offset,), self.dtype)
         self.device = resolve_device(device)
         self.data = device_full((offset,), 0.0, self.dtype, self.device)
         self.grad = device_full((offset,), 0.0, self.dtype, self.device)
@@ -102,15 +100,27 @@ class ParamBuffer(Mapping):
         copy_into(self.grad, np.zeros(self.size, dtype=self.dtype))
 
     def load(self, values: Mapping[str, Any]) -> None:
-        """Copy host arrays into the named params (validated first, then copied)."""
+        """Copy host arrays into the named params.
+
+        Every entry is checked and converted to the buffer's dtype before the first copy,
+        so values that do not fit change nothing.
+
+        Raises:
+            TypeError: ``values`` is not a dict, or an entry does not hold real numbers.
+            ValueError: a name that is not a param of the buffer, or an entry of the
+                wrong shape.
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f"values must be a dict name -> array, got {type(values).__name__}")
+        converted = {}
         for name, value in values.items():
+            where = f"values[{name!r}]"
             if name not in self._slices:
-                raise KeyError(f"no param named {name!r}")
-            shape = self._slices[name][2]
-            if tuple(np.shape(value)) != shape:
-                raise ValueError(f"values[{name!r}] must have shape {shape}, got {np.shape(value)}")
-        for name, value in values.items():
-            copy_into(self.params[name], np.asarray(value, dtype=self.dtype))
+                raise ValueError(f"{where}: the buffer has no param named {name!r}")
+            converted[name] = _checks.numeric_host_array(where, value, self.dtype)
+            _checks.shape_is(where, converted[name], self._slices[name][2], "its param's")
+        for name, value in converted.items():
+            copy_into(self.params[name], value)
 
     def __repr__(self) -> str:
         return f"ParamBuffer({len(self)} tensors, {self.size} {self.dtype} params, {self.device})"
