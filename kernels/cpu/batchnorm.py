@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from pyopt.kernels import config, rules
+from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets float reductions vectorize. No nnan/ninf: NaN and inf must propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -580,6 +581,7 @@ def _backward_channels_last(
                     dxs[i] = a[i] * dys[i]
 
 
+@parallel_launcher
 def batch_norm_forward(
     x,
     weight,
@@ -613,6 +615,7 @@ def batch_norm_forward(
         )
 
 
+@parallel_launcher
 def batch_norm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias, training, stream=None):
     """Batch norm backward on C-contiguous ``(outer, C, inner)`` NumPy arrays, in place.
 

@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from pyopt.kernels import config, rules
+from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets the float64 block sums vectorize (a fixed order per compiled loop,
 # the same whatever the thread count). No nnan/ninf: NaN and inf must propagate.
@@ -126,6 +127,7 @@ def norm_partials_blocks(n: int) -> int:
     return (int(n) + block - 1) // block
 
 
+@parallel_launcher
 def norm_partials(grad, out, norm_type) -> None:
     """Per fixed block of ``grad``, in float64 into ``out``: ``max |g|`` (``norm_type``
     inf), ``min |g|`` (-inf) or ``Σ|g|^p`` (finite p > 0); NaN propagates into max / min.
@@ -155,6 +157,7 @@ def norm_partials(grad, out, norm_type) -> None:
         _norm_sums_kernel(grad, out, mode, np.float64(p), block)
 
 
+@parallel_launcher
 def scale_(x, coef) -> None:
     """``x *= coef`` in place, ``coef`` cast to ``x.dtype`` (one multiply per element).
 
@@ -167,6 +170,7 @@ def scale_(x, coef) -> None:
     _scale_kernel(x, x.dtype.type(coef))
 
 
+@parallel_launcher
 def clamp_(x, lo, hi) -> None:
     """``x = min(max(x, lo), hi)`` in place, ``lo`` and ``hi`` cast to ``x.dtype``; NaN
     stays NaN (torch.clamp_, np.clip).

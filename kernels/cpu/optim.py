@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from pyopt.kernels import config, rules
+from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets the float64 block sums vectorize (a fixed order per compiled loop,
 # the same whatever the thread count). No nnan/ninf: g - g must stay NaN for inf/NaN.
@@ -319,6 +320,7 @@ def _chunk():
     return int(config.CPU_OPTIM_CHUNK)
 
 
+@parallel_launcher
 def adam_update(
     param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult, param_mult, weight_decay,
     beta1_weight, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, amsgrad,
@@ -337,6 +339,7 @@ def adam_update(
     )  # fmt: skip
 
 
+@parallel_launcher
 def sgd_update(
     param, grad, momentum_buffer, grad_mult, weight_decay, momentum, one_minus_dampening,
     neg_lr, first, nesterov,
@@ -355,6 +358,7 @@ def sgd_update(
     )  # fmt: skip
 
 
+@parallel_launcher
 def adagrad_update(param, grad, state_sum, grad_mult, weight_decay, eps, neg_clr):
     """One Adagrad step (``rules.adagrad``) over 1-D arrays, in place."""
     if param.size == 0:
@@ -365,6 +369,7 @@ def adagrad_update(param, grad, state_sum, grad_mult, weight_decay, eps, neg_clr
     )
 
 
+@parallel_launcher
 def rmsprop_update(
     param, grad, square_avg, grad_avg, momentum_buffer, grad_mult, weight_decay, alpha,
     one_minus_alpha, eps, momentum, neg_lr, centered,
@@ -384,6 +389,7 @@ def rmsprop_update(
     )  # fmt: skip
 
 
+@parallel_launcher
 def adadelta_update(
     param, grad, square_avg, acc_delta, grad_mult, weight_decay, rho, one_minus_rho, eps, neg_lr
 ):
@@ -403,6 +409,7 @@ def grad_sumsq_blocks(n):
     return (int(n) + block - 1) // block
 
 
+@parallel_launcher
 def grad_sumsq(grad, out):
     """Per fixed block of ``grad``: ``out[b] = (Σ g², Σ (g − g))`` in float64, in place.
 

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from pyopt.kernels import config, philox
+from pyopt.kernels.cpu._launch import parallel_launcher
 
 _KERNEL_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy"}
 
@@ -174,6 +175,7 @@ def _fill(out, a, b, seed, offset, normal):
         kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit())
 
 
+@parallel_launcher
 def dropout(x, y, threshold, scale, seed, offset):
     """``y[i] = x[i]·scale`` where ``word(i) ≥ threshold``, else exactly 0.
 
@@ -195,6 +197,7 @@ def dropout(x, y, threshold, scale, seed, offset):
     )  # fmt: skip
 
 
+@parallel_launcher
 def uniform_(out, low, high, seed, offset):
     """Fill ``out`` with ``low + (high − low)·u``, u uniform on [0, 1), in place.
 
@@ -209,6 +212,7 @@ def uniform_(out, low, high, seed, offset):
     _fill(out, low, high, seed, offset, False)
 
 
+@parallel_launcher
 def normal_(out, mean, std, seed, offset):
     """Fill ``out`` with ``mean + std·z``, z standard normal (Box-Muller), in place.
 
