@@ -1,1 +1,4 @@
-"""Benchmarks: one module per kernel family; results under ``bench/results/``."""
+"""``pyopt bench``: the benchmark runner (``suite.py``) and its cases (``cases.py``).
+
+Installed as ``pyopt.bench``; committed results live under ``bench/results/<machine>/``.
+"""

@@ -64,26 +64,6 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     return {"p20": float(p20), "p50": float(p50), "p80": float(p80)}
 
 
-def timing_fields(
-    seconds: list[float], nbytes: int, torch_seconds: list[float], probe_gbs: float
-) -> dict[str, float]:
-    """A result row's timing fields for one provider's ``seconds``.
-
-    ``p20_ms``/``p50_ms``/``p80_ms``, ``min_bytes`` (``nbytes``), ``gbs`` (``nbytes`` over
-    the p50 time), ``pct_of_bandwidth`` (that over ``probe_gbs``, a fraction) and
-    ``speedup_vs_torch`` (the p50 of ``torch_seconds`` over this p50).
-    """
-    pct = percentiles_ms(seconds)
-    gbs = nbytes / (pct["p50"] * 1e-3) / 1e9
-    return {
-        **{f"{k}_ms": v for k, v in pct.items()},
-        "min_bytes": nbytes,
-        "gbs": gbs,
-        "pct_of_bandwidth": gbs / probe_gbs,
-        "speedup_vs_torch": float(np.median(torch_seconds)) / float(np.median(seconds)),
-    }
-
-
 @njit(parallel=True, cache=True)
 def _scale_copy(a, b):  # b = 3 * a: one read and one write stream
     for i in prange(a.size):
@@ -117,12 +97,37 @@ def bandwidth_probe(nbytes: int = 256 << 20, repeats: int = 15) -> dict[str, flo
     }
 
 
-def _cpu_model() -> dict[str, str]:
-    fields = {}
+def _cpu_caches() -> dict[str, dict[str, int]]:
+    """CPU 0's caches from sysfs: ``{"L1d": {"size_kib": 48, "shared_by_cpus": 1}, ...}``
+    (empty where sysfs does not say, e.g. not Linux)."""
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except OSError:
+            continue
+        match = re.fullmatch(r"(\d+)([KMG]?)", size)
+        if not match:
+            continue
+        kib = int(match.group(1)) * {"": 1 / 1024, "K": 1, "M": 1024, "G": 1 << 20}[match.group(2)]
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        cpus = 0
+        for part in shared.split(","):  # a CPU list such as "0-3,8-11"
+            lo, _, hi = part.partition("-")
+            cpus += int(hi or lo) - int(lo) + 1
+        caches[f"L{level}{suffix}"] = {"size_kib": int(kib), "shared_by_cpus": cpus}
+    return caches
+
+
+def _cpu_model() -> dict[str, object]:
+    fields: dict[str, object] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return {"model_name": platform.processor() or platform.machine()}
+        return {"model_name": platform.processor() or platform.machine(), "caches": {}}
     for key, name in (
         ("model name", "model_name"),
         ("cpu family", "family"),
@@ -133,6 +138,7 @@ def _cpu_model() -> dict[str, str]:
         match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
         if match:
             fields[name] = match.group(1).strip()
+    fields["caches"] = _cpu_caches()
     return fields
 
 
@@ -150,7 +156,8 @@ def git_commit() -> str | None:
 
 
 def machine_info() -> dict[str, object]:
-    """CPU, core count, library versions, git commit and a UTC timestamp (torch optional)."""
+    """CPU (model, caches), core counts, library versions, git commit and a UTC timestamp
+    (torch optional)."""
     try:
         import torch
     except ImportError:
@@ -159,6 +166,7 @@ def machine_info() -> dict[str, object]:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "numba_threads": numba.get_num_threads(),
         "torch_threads": torch.get_num_threads() if torch else None,
         "platform": platform.platform(),
@@ -172,28 +180,36 @@ def machine_info() -> dict[str, object]:
 
 
 def machine_tag(info: dict[str, object]) -> str:
-    """Short file-name tag for a machine, e.g. ``amd-epyc-2c``."""
-    name = str(info["cpu"].get("model_name", "cpu"))  # type: ignore[union-attr]
-    name = re.sub(r"\(R\)|\(TM\)|CPU|Processor|\d+-Core", " ", name, flags=re.IGNORECASE)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "cpu"
-    return f"{slug}-{info['cores']}c"
+    """A folder name for a machine's results: the CPU and its cores, and the GPU where
+    ``info`` has one, e.g. ``amd-epyc-2c`` or ``amd-epyc-9654-96c-nvidia-h200``."""
+
+    def slug(name: str) -> str:
+        name = re.sub(r"\(R\)|\(TM\)|CPU|Processor|\d+-Core", " ", name, flags=re.IGNORECASE)
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
+
+    cpu = slug(str(info["cpu"].get("model_name", "cpu"))) or "cpu"  # type: ignore[union-attr]
+    tag = f"{cpu}-{info['cores']}c"
+    if "cuda" in info:
+        tag += "-" + (slug(str(info["cuda"]["name"])) or "gpu")  # type: ignore[index]
+    return tag
 
 
-def cold_compile_times(snippet: str, *argv: str, cache_dir: str | None = None) -> dict[str, object]:
-    """Run ``python -c snippet *argv`` in the repository with an empty Numba cache.
+def first_call_times(snippet: str, *argv: str, cache_dir: str | None) -> dict[str, object]:
+    """Run ``python -c snippet *argv`` in a fresh process on Numba cache ``cache_dir``.
 
     The snippet prints a JSON object of seconds as its last line of output (``import_s``
     for its imports, ``<kernel>_s`` for the first call of each kernel); ``total_s`` (all
-    but ``import_s``) is added. On failure: ``{"error": <end of stderr>}``. With
-    ``cache_dir`` the Numba cache is that folder, kept: a second run on the same folder
-    times the first calls with the on-disk cache warm.
+    but ``import_s``) is added. On failure: ``{"error": <end of stderr>}``. ``cache_dir``
+    None: the cache this process uses (the same source files, so the same cache entries).
+    A first run on an empty cache times the compile; a second on the same cache, the load.
     """
     with tempfile.TemporaryDirectory() as scratch:
-        cache = cache_dir or scratch
         # A checkout runs from its root (pyopt importable uninstalled); an installed copy
         # from an empty folder, so that nothing beside it shadows a top-level module.
         cwd = REPO if (REPO / "pyopt").is_dir() else scratch
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env = (
+            dict(os.environ) if cache_dir is None else {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+        )
         proc = subprocess.run(
             [sys.executable, "-c", snippet, *argv],
             cwd=cwd,
@@ -207,17 +223,6 @@ def cold_compile_times(snippet: str, *argv: str, cache_dir: str | None = None) -
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["total_s"] = sum(v for k, v in result.items() if k != "import_s")
     return result
-
-
-def print_probe(bandwidth: dict, compile_info: dict, what: str) -> None:
-    """Print the bandwidth probe and the cold-compile times (``<kernel>_s`` keys)."""
-    print(
-        f"\nmeasured bandwidth: triad {bandwidth['triad_gbs']:.1f} GB/s, "
-        f"copy {bandwidth['copy_gbs']:.1f} GB/s ({bandwidth['threads']} threads)"
-    )
-    if "total_s" in compile_info:
-        parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in compile_info.items() if k[-2:] == "_s")
-        print(f"cold JIT compile (empty cache, {what}): {parts}")
 
 
 def cuda_event_timer() -> Callable[[Callable[[], object]], float]:

@@ -1,17 +1,26 @@
-"""Benchmark cases: what ``pyopt bench`` times, one ``Case`` per (op, shape, backend)."""
+"""Benchmark cases: what ``pyopt bench`` times, one ``Case`` per (op, shape, backend).
+
+Each case has the providers of ``PROVIDERS`` that apply to it: the first three in every
+case, the others only in the full run (``--quick`` keeps to the first three). Optimizer
+steps are also timed with global-norm clipping (shape ``<model> +clip``): pyopt's
+``step(grads, max_grad_norm=1.0)`` (the norm, then the update with the clip coefficient
+fused in) against the reference's and torch's ``clip_grad_norm_`` followed by the step;
+their ``min_bytes`` add one read of the grads.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit, prange
 
-from .bench_optim import RULES
 from .shapes import GPT2_SMALL_PARAM_SHAPES, RESNET50_BN_SHAPES, RESNET50_PARAM_SHAPES, n_params
 
 
@@ -28,6 +37,7 @@ class Case:
     ``setup(rotate)``, which allocates ``rotate`` independent input sets and returns a
     zero-argument ``run()`` doing one call on the next set (cycling), or raises
     ``Unavailable``. ``min_bytes`` is the memory one call must move at the least.
+    ``baseline_order`` names the providers every row gets a speedup over.
     """
 
     family: str
@@ -41,7 +51,39 @@ class Case:
 
 
 # --- cases ---
+PROVIDERS = {
+    "pyopt": "the public call: validation, dispatch and output allocation included",
+    "numpy": (
+        "the same math as vectorized NumPy (cupy: CuPy on CUDA), the reference every pyopt "
+        "provider is checked against once before it is timed"
+    ),
+    "torch": (
+        "what a torch training loop calls: fused=True optimizers where torch has them for "
+        "the device (else foreach=True), foreach=True clipping, the autograd-recording "
+        "batch-norm forward, F.dropout"
+    ),
+    "pyopt-kernel": (
+        "the kernel launchers alone, replaying the calls the public layer made into the "
+        "arrays it allocated (batch norm, optimizer steps): pyopt's overhead is the gap"
+    ),
+    "torch-nograd": "the batch-norm forward under torch.no_grad (a baseline column)",
+    "torch-single": "torch's CPU default for the optimizers: the single-tensor loop",
+    "torch-native": "torch.native_dropout, which also returns the bool mask autograd keeps",
+    "stream-floor": (
+        "Adam on the flat buffer (CPU): a Numba loop with Adam's 28 B/param traffic and no "
+        "arithmetic to speak of, the memory floor of the step"
+    ),
+}
 FAMILIES = ("batchnorm", "optim", "dropout", "clip", "init")
+# The kernel families (pyopt.kernels.<backend>.<name>) each benchmark family calls.
+KERNELS = {
+    "batchnorm": ("batchnorm",),
+    "optim": ("optim",),
+    "dropout": ("random",),
+    "clip": ("clip",),
+    "init": ("random",),
+}
+DTYPES = ("float32", "float64")
 FLAT = 16 * 2**20  # one 64 MiB float32 buffer: far beyond any last-level cache
 BN_BATCH = 32
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5
@@ -49,29 +91,70 @@ BN_MLP_SHAPES = ((256, 512), (4096, 1024))
 # ResNet-50 BN inputs of --quick: the network's commonest (stage 3, 11 of its 53 layers)
 # and stage 1's (6 layers, 4x the elements, few channels).
 BN_QUICK = ((256, 14, 14), (64, 56, 56))
-OPTIM_RULES = ("Adam", "AdamW", "SGD-momentum", "Adagrad", "RMSprop", "Adadelta")
-DROPOUT_P = 0.1
+# name: (pyopt / torch.optim class, hyperparameters, torch's mode, float32 bytes per param:
+# one read of the param, grad and each state tensor the rule uses, one write of the param
+# and the state).
+RULES: dict[str, tuple[str, dict, str, int]] = {
+    "Adam": ("Adam", {"lr": 1e-3}, "fused", 28),
+    "AdamW": ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, "fused", 28),
+    "AMSGrad": ("Adam", {"lr": 1e-3, "amsgrad": True}, "fused", 36),
+    "SGD-momentum": ("SGD", {"lr": 1e-2, "momentum": 0.9}, "fused", 20),
+    "SGD-nesterov": ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True}, "fused", 20),
+    "Adagrad": ("Adagrad", {"lr": 1e-2}, "fused", 20),
+    "RMSprop": ("RMSprop", {"lr": 1e-2}, "foreach", 20),
+    "RMSprop-centered-momentum": (
+        "RMSprop",
+        {"lr": 1e-2, "centered": True, "momentum": 0.9},
+        "foreach",
+        36,
+    ),
+    "Adadelta": ("Adadelta", {"lr": 1.0}, "foreach", 28),
+}
+OPTIM_QUICK = ("Adam",)
+# The CPU/CUDA launcher each optimizer class's step calls (what pyopt-kernel replays).
+LAUNCHERS = {
+    "Adam": "adam_update",
+    "AdamW": "adam_update",
+    "SGD": "sgd_update",
+    "Adagrad": "adagrad_update",
+    "RMSprop": "rmsprop_update",
+    "Adadelta": "adadelta_update",
+}
+MAX_GRAD_NORM = 1.0  # the +clip cases' max norm: far below the grads' (~0.01·√n), always scales
+DROPOUT_P = (0.1, 0.5)
+DROPOUT_2D = (4096, 1024)  # the full run's second dropout shape: 16 MiB, in the L3 here
 GRAD_SCALE = 1e-2  # grads are GRAD_SCALE x N(0, 1)
 CLIP_SHRINK = 0.99  # each clip_grad_norm_ call's max_norm over the call before: always scales
+CLIP_VALUE = 1e-2  # clip_grad_value_'s bound: a third of the grads lie outside
 SEED = 1234
+SIGMAS = 6  # random draws are checked to this many standard errors of their statistic
 
 
-def cases(backend: str, quick: bool, families: set[str] | None = None) -> list[Case]:
+def step_op(rule: str) -> str:
+    """The op name of optimizer rule ``rule`` (a key of ``RULES``), e.g. ``sgd_momentum_step``."""
+    return rule.lower().replace("-", "_") + "_step"
+
+
+def cases(
+    backend: str, quick: bool, families: set[str] | None = None, dtype: str = "float32"
+) -> list[Case]:
     """The benchmark cases of ``backend`` ("cpu" or "cuda") for ``families`` (None: all).
 
-    Providers per case: ``pyopt`` (NumPy arrays on the CPU, CuPy arrays on CUDA), the
-    array-library baseline (``numpy`` on the CPU, ``cupy`` on CUDA: the same vectorized
-    code) and ``torch`` (CPU tensors, or CUDA tensors: fused optimizers, cuDNN batch norm).
-    ``quick`` keeps a subset of the shapes and Adam alone among the optimizers.
+    ``quick`` keeps a subset of the shapes, Adam alone among the optimizers, and the three
+    main providers (pyopt, the array library, torch); the full run adds every rule, the
+    clipped optimizer steps, dropout's backward and p=0.5, clip_grad_value_, uniform_,
+    and the detail providers of the module docstring.
 
     Raises:
-        ValueError: an unknown backend or family.
+        ValueError: an unknown backend, family or dtype.
     """
     if backend not in ("cpu", "cuda"):
         raise ValueError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
     unknown = sorted(set(families or ()) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     builders = {
         "batchnorm": _batchnorm_cases,
         "optim": _optim_cases,
@@ -83,7 +166,7 @@ def cases(backend: str, quick: bool, families: set[str] | None = None) -> list[C
         case
         for family in FAMILIES
         if families is None or family in families
-        for case in builders[family](backend, quick)
+        for case in builders[family](backend, quick, np.dtype(dtype))
     ]
 
 
@@ -92,19 +175,28 @@ def _case(
     op: str,
     label: str,
     backend: str,
+    dtype: np.dtype,
     min_bytes: int,
     setups: tuple[Callable[..., Callable[[], object]], ...],
+    extra: dict[str, Callable[..., Callable[[], object]]] | None = None,
+    extra_baselines: tuple[str, ...] = (),
     **args: object,
 ) -> Case:
-    """A float32 case labelled ``label`` (its shape) with the three providers ``setups`` =
-    (pyopt, array library, torch), each called as ``setup(rotate, backend=backend, **args)``."""
+    """A case labelled ``label`` (its shape) with the three providers ``setups`` = (pyopt,
+    array library, torch) and the ``extra`` ones, each called as
+    ``setup(rotate, backend=backend, dtype=dtype, **args)``."""
     array_lib = "numpy" if backend == "cpu" else "cupy"
-    names = ("pyopt", array_lib, "torch")
+    named = dict(zip(("pyopt", array_lib, "torch"), setups, strict=True)) | (extra or {})
     providers = {
-        name: functools.partial(setup, backend=backend, **args)
-        for name, setup in zip(names, setups, strict=True)
+        name: functools.partial(setup, backend=backend, dtype=dtype, **args)
+        for name, setup in named.items()
     }
-    return Case(family, op, label, "float32", backend, min_bytes, providers, (array_lib, "torch"))
+    baselines = (array_lib, "torch", *extra_baselines)
+    return Case(family, op, label, dtype.name, backend, min_bytes, providers, baselines)
+
+
+def _label(shape: tuple[int, ...]) -> str:
+    return "flat-16M" if shape == (FLAT,) else "x".join(map(str, shape))
 
 
 # --- arrays, rotation and checks ---
@@ -139,17 +231,21 @@ def _tensor(torch: Any, host: np.ndarray, backend: str) -> Any:
     return tensor.clone() if backend == "cpu" else tensor.to("cuda")
 
 
+def _torch_empty(torch: Any, shape: tuple[int, ...], dtype: np.dtype, backend: str) -> Any:
+    return torch.empty(shape, dtype=getattr(torch, dtype.name), device=_torch_device(backend))
+
+
 def _host(arr: Any) -> np.ndarray:
     return arr if isinstance(arr, np.ndarray) else arr.get()
 
 
 @functools.lru_cache(maxsize=4)
-def _normal(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> np.ndarray:
-    """``scale`` x N(0, 1) float32 host data, generated once for all providers of a case
-    (they copy it into their own sets and never write it)."""
-    data = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+def _normal(shape: tuple[int, ...], seed: int, dtype: np.dtype, scale: float = 1.0) -> np.ndarray:
+    """``scale`` x N(0, 1) host data, generated once for all providers of a case (they
+    copy it into their own sets and never write it)."""
+    data = np.random.default_rng(seed).standard_normal(shape, dtype=dtype)
     if scale != 1.0:
-        data *= np.float32(scale)
+        data *= dtype.type(scale)
     return data
 
 
@@ -181,19 +277,72 @@ def _check(what: str, ours: Any, reference: Any, tol: float) -> None:
         )
 
 
+@contextlib.contextmanager
+def _recording(backend: str, family: str, launcher: str) -> Iterator[list[tuple]]:
+    """Record ``(function, args, kwargs)`` of every call of the launcher
+    ``pyopt.kernels.<backend>.<family>.<launcher>`` made meanwhile (the public layer looks
+    it up on its module at each call), calling it through."""
+    from pyopt._backend import kernels_for
+
+    module = kernels_for(backend, family)
+    original = getattr(module, launcher)
+    launches: list[tuple] = []
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        launches.append((original, args, kwargs))
+        return original(*args, **kwargs)
+
+    setattr(module, launcher, record)
+    try:
+        yield launches
+    finally:
+        setattr(module, launcher, original)
+
+
+def _kernel_only(
+    make: Callable[[], Callable[[], object]], backend: str, family: str, launcher: str
+) -> Callable[[], Callable[[], object]]:
+    """``make`` of a ``pyopt-kernel`` provider from that of its ``pyopt`` one: the public
+    call is made twice (the first compiles and allocates any state), the launcher calls of
+    the second are recorded, and each run replays them on the same arrays, returning what
+    the second call returned (the arrays they write)."""
+
+    def make_replay() -> Callable[[], object]:
+        call = make()
+        call()
+        with _recording(backend, family, launcher) as launches:
+            result = call()
+        if not launches:
+            raise RuntimeError(f"the public call made no {family}.{launcher} launch to replay")
+
+        def replay() -> object:
+            for launch, args, kwargs in launches:
+                launch(*args, **kwargs)
+            return result
+
+        return replay
+
+    return make_replay
+
+
 # --- batch norm ---
-def _batchnorm_cases(backend: str, quick: bool) -> list[Case]:
+def _batchnorm_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
     chw = BN_QUICK if quick else tuple(dict.fromkeys(RESNET50_BN_SHAPES.values()))
     inputs: list[tuple[tuple[int, ...], int, str]] = []
     for c, h, w in chw:
         for shape, axis, layout in (((c, h, w), 1, "NCHW"), ((h, w, c), -1, "NHWC")):
             full = (BN_BATCH, *shape)
-            inputs.append((full, axis, f"{'x'.join(map(str, full))} {layout}"))
+            inputs.append((full, axis, f"{_label(full)} {layout}"))
     for shape in BN_MLP_SHAPES[-1:] if quick else BN_MLP_SHAPES:
-        inputs.append((shape, 1, "x".join(map(str, shape))))
+        inputs.append((shape, 1, _label(shape)))
+    forward_extra = {
+        "pyopt-kernel": functools.partial(_bn_forward_pyopt, kernel_only=True),
+        "torch-nograd": functools.partial(_bn_forward_torch, grad=False),
+    }
+    backward_extra = {"pyopt-kernel": functools.partial(_bn_backward_pyopt, kernel_only=True)}
     out = []
     for shape, axis, label in inputs:
-        nbytes = 4 * math.prod(shape)
+        nbytes = dtype.itemsize * math.prod(shape)
         # Forward reads x twice (statistics, normalization) and writes y; backward reads
         # x and dy twice (the two sums, then dx) and writes dx.
         out.append(
@@ -202,8 +351,11 @@ def _batchnorm_cases(backend: str, quick: bool) -> list[Case]:
                 "batch_norm_forward",
                 label,
                 backend,
+                dtype,
                 3 * nbytes,
                 (_bn_forward_pyopt, _bn_forward_array, _bn_forward_torch),
+                None if quick else forward_extra,
+                () if quick else ("torch-nograd",),
                 shape=shape,
                 axis=axis,
             )
@@ -214,8 +366,10 @@ def _batchnorm_cases(backend: str, quick: bool) -> list[Case]:
                 "batch_norm_backward",
                 label,
                 backend,
+                dtype,
                 5 * nbytes,
                 (_bn_backward_pyopt, _bn_backward_array, _bn_backward_torch),
+                None if quick else backward_extra,
                 shape=shape,
                 axis=axis,
             )
@@ -223,13 +377,13 @@ def _batchnorm_cases(backend: str, quick: bool) -> list[Case]:
     return out
 
 
-def _bn_inputs(shape: tuple[int, ...], axis: int) -> tuple[np.ndarray, ...]:
+def _bn_inputs(shape: tuple[int, ...], axis: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     """Host ``x``, ``dy`` (N(0, 1)), ``weight`` and ``bias`` of a batch-norm case."""
     channels = shape[axis]
     rng = np.random.default_rng(SEED)
-    weight = (1.0 + 0.1 * rng.standard_normal(channels)).astype(np.float32)
-    bias = (0.1 * rng.standard_normal(channels)).astype(np.float32)
-    return _normal(shape, 0), _normal(shape, 1), weight, bias
+    weight = (1.0 + 0.1 * rng.standard_normal(channels)).astype(dtype)
+    bias = (0.1 * rng.standard_normal(channels)).astype(dtype)
+    return _normal(shape, 0, dtype), _normal(shape, 1, dtype), weight, bias
 
 
 def _bn_axes(ndim: int, axis: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -275,16 +429,18 @@ def batch_norm_backward_ref(
     return dx, dweight, dbias
 
 
-def _bn_forward_pyopt(rotate: int, *, backend: str, shape: tuple, axis: int) -> Callable:
+def _bn_forward_pyopt(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int, kernel_only=False
+) -> Callable:
     from pyopt.functional import batch_norm
 
     xp = _array_module(backend)
-    inputs = _bn_inputs(shape, axis)
+    inputs = _bn_inputs(shape, axis, dtype)
     c = shape[axis]
 
     def make():
         x, weight, bias = (xp.array(inputs[i]) for i in (0, 2, 3))
-        rm, rv = xp.zeros(c, np.float32), xp.ones(c, np.float32)
+        rm, rv = xp.zeros(c, dtype), xp.ones(c, dtype)
         return functools.partial(
             batch_norm, x, weight, bias, rm, rv, momentum=BN_MOMENTUM, eps=BN_EPS, axis=axis
         )
@@ -294,31 +450,40 @@ def _bn_forward_pyopt(rotate: int, *, backend: str, shape: tuple, axis: int) -> 
         y = batch_norm_forward_ref(xp, x, weight, bias, None, None, axis)[0]
         _check("batch_norm_forward y", result[0], y, 1e-4)
 
+    if kernel_only:
+        make = _kernel_only(make, backend, "batchnorm", "batch_norm_forward")
     return _rotating(make, rotate, check)
 
 
-def _bn_forward_array(rotate: int, *, backend: str, shape: tuple, axis: int) -> Callable:
+def _bn_forward_array(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int
+) -> Callable:
     xp = _array_module(backend)
-    inputs = _bn_inputs(shape, axis)
+    inputs = _bn_inputs(shape, axis, dtype)
     c = shape[axis]
 
     def make():
         x, weight, bias = (xp.array(inputs[i]) for i in (0, 2, 3))
-        rm, rv = xp.zeros(c, np.float32), xp.ones(c, np.float32)
+        rm, rv = xp.zeros(c, dtype), xp.ones(c, dtype)
         return functools.partial(batch_norm_forward_ref, xp, x, weight, bias, rm, rv, axis)
 
     return _rotating(make, rotate)
 
 
-def _bn_forward_torch(rotate: int, *, backend: str, shape: tuple, axis: int) -> Callable:
+def _bn_forward_torch(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int, grad: bool = True
+) -> Callable:
     torch = _torch(backend)
-    inputs = _bn_inputs(shape, axis)
+    inputs = _bn_inputs(shape, axis, dtype)
 
     def make():
         x, weight, bias = (_tensor(torch, inputs[i], backend) for i in (0, 2, 3))
         rm, rv = torch.zeros_like(weight), torch.ones_like(weight)
+        if grad:  # a training forward: autograd records it (and keeps what backward needs)
+            for t in (x, weight, bias):
+                t.requires_grad_()
         # (N, H, W, C) memory seen as an NCHW tensor in torch's channels_last format.
-        return functools.partial(
+        call = functools.partial(
             torch.nn.functional.batch_norm,
             x.movedim(axis, 1),
             rm,
@@ -329,15 +494,25 @@ def _bn_forward_torch(rotate: int, *, backend: str, shape: tuple, axis: int) -> 
             momentum=BN_MOMENTUM,
             eps=BN_EPS,
         )
+        if grad:
+            return call
+
+        def no_grad():
+            with torch.no_grad():
+                return call()
+
+        return no_grad
 
     return _rotating(make, rotate)
 
 
-def _bn_backward_pyopt(rotate: int, *, backend: str, shape: tuple, axis: int) -> Callable:
+def _bn_backward_pyopt(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int, kernel_only=False
+) -> Callable:
     from pyopt.functional import batch_norm, batch_norm_backward
 
     xp = _array_module(backend)
-    inputs = _bn_inputs(shape, axis)
+    inputs = _bn_inputs(shape, axis, dtype)
 
     def make():
         x, dy, weight, bias = (xp.array(a) for a in inputs)
@@ -350,12 +525,16 @@ def _bn_backward_pyopt(rotate: int, *, backend: str, shape: tuple, axis: int) ->
         dx = batch_norm_backward_ref(xp, dy, x, weight, mean, invstd, axis)[0]
         _check("batch_norm_backward dx", result[0], dx, 1e-4)
 
+    if kernel_only:
+        make = _kernel_only(make, backend, "batchnorm", "batch_norm_backward")
     return _rotating(make, rotate, check)
 
 
-def _bn_backward_array(rotate: int, *, backend: str, shape: tuple, axis: int) -> Callable:
+def _bn_backward_array(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int
+) -> Callable:
     xp = _array_module(backend)
-    inputs = _bn_inputs(shape, axis)
+    inputs = _bn_inputs(shape, axis, dtype)
 
     def make():
         x, dy, weight, bias = (xp.array(a) for a in inputs)
@@ -365,9 +544,11 @@ def _bn_backward_array(rotate: int, *, backend: str, shape: tuple, axis: int) ->
     return _rotating(make, rotate)
 
 
-def _bn_backward_torch(rotate: int, *, backend: str, shape: tuple, axis: int) -> Callable:
+def _bn_backward_torch(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int
+) -> Callable:
     torch = _torch(backend)
-    inputs = _bn_inputs(shape, axis)
+    inputs = _bn_inputs(shape, axis, dtype)
 
     def make():
         x, dy = (_tensor(torch, a, backend).movedim(axis, 1) for a in inputs[:2])
@@ -382,38 +563,61 @@ def _bn_backward_torch(rotate: int, *, backend: str, shape: tuple, axis: int) ->
 
 
 # --- optimizers ---
-def _optim_cases(backend: str, quick: bool) -> list[Case]:
+def _optim_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
     models = {"flat-16M": {"flat": (FLAT,)}, "resnet50": RESNET50_PARAM_SHAPES}
     if backend == "cuda":
         models["gpt2-small"] = GPT2_SMALL_PARAM_SHAPES
+    setups = (_optim_pyopt, _optim_array, _optim_torch)
+    extra = {
+        "pyopt-kernel": functools.partial(_optim_pyopt, kernel_only=True),
+        "torch-single": functools.partial(_optim_torch, mode="single"),
+    }
     out = []
-    for rule in OPTIM_RULES[:1] if quick else OPTIM_RULES:
-        bytes_per_param = RULES[rule][3]
-        op = rule.lower().replace("-", "_") + "_step"
+    for rule in OPTIM_QUICK if quick else RULES:
+        per_param = RULES[rule][3] * dtype.itemsize // 4
         for label, shapes in models.items():
-            min_bytes = bytes_per_param * n_params(shapes)
-            setups = (_optim_pyopt, _optim_array, _optim_torch)
+            n = n_params(shapes)
+            detail = None
+            if not quick:
+                floor = rule == "Adam" and label == "flat-16M" and backend == "cpu"
+                detail = extra | ({"stream-floor": _adam_stream_floor} if floor else {})
+            args = {"rule": rule, "shapes": shapes}
             out.append(
-                _case("optim", op, label, backend, min_bytes, setups, rule=rule, shapes=shapes)
-            )
+                _case("optim", step_op(rule), label, backend, dtype, per_param * n, setups,
+                      detail, **args)
+            )  # fmt: skip
+    if not quick:  # the clipped steps after all the plain ones: one table block of them
+        for rule in RULES:
+            per_param = (RULES[rule][3] + 4) * dtype.itemsize // 4  # + the norm's read
+            for label, shapes in models.items():
+                args = {"rule": rule, "shapes": shapes, "max_grad_norm": MAX_GRAD_NORM}
+                min_bytes = per_param * n_params(shapes)
+                out.append(
+                    _case("optim", step_op(rule), f"{label} +clip", backend, dtype, min_bytes,
+                          setups, **args)
+                )  # fmt: skip
     return out
 
 
-def _optim_inputs(shapes: dict[str, tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+def _optim_inputs(
+    shapes: dict[str, tuple[int, ...]], dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat host params (N(0, 1)) and grads (``GRAD_SCALE`` x N(0, 1)) of a model."""
     n = n_params(shapes)
-    return _normal((n,), 2), _normal((n,), 3, GRAD_SCALE)
+    return _normal((n,), 2, dtype), _normal((n,), 3, dtype, GRAD_SCALE)
 
 
+# Reference steps: ``update(xp, p, g, state, t, hp)`` updates ``p`` in place at step ``t``
+# (counted from 1); ``state(name)`` is the named state array, zeros on first use (torch's).
 def adam_step_ref(
-    xp: Any, p: Any, g: Any, state: list[Any], step: int, hp: dict, decoupled: bool = False
+    xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict, decoupled: bool = False
 ) -> None:
     """One ``torch.optim.Adam`` step (``AdamW``'s with ``decoupled``) in NumPy or CuPy:
-    ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²``,
-    ``p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps)``."""
+    ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²`` (``v̂ ← max(v̂, v)`` with
+    amsgrad, else ``v̂ = v``), ``p ← p − lr/(1−β1ᵗ) · m / (√v̂/√(1−β2ᵗ) + eps)``."""
     lr, wd = hp["lr"], hp.get("weight_decay", 0.0)
     beta1, beta2 = hp.get("betas", (0.9, 0.999))
-    m, v = state
+    m, v = state("exp_avg"), state("exp_avg_sq")
     if decoupled:
         p *= 1 - lr * wd
     elif wd:
@@ -422,41 +626,58 @@ def adam_step_ref(
     m += (1 - beta1) * g
     v *= beta2
     v += (1 - beta2) * g * g
-    denom = xp.sqrt(v) / math.sqrt(1 - beta2**step) + hp.get("eps", 1e-8)
-    p -= lr / (1 - beta1**step) * m / denom
+    if hp.get("amsgrad"):
+        v = xp.maximum(state("max_exp_avg_sq"), v, out=state("max_exp_avg_sq"))
+    denom = xp.sqrt(v) / math.sqrt(1 - beta2**t) + hp.get("eps", 1e-8)
+    p -= lr / (1 - beta1**t) * m / denom
 
 
-def sgd_step_ref(xp: Any, p: Any, g: Any, state: list[Any], step: int, hp: dict) -> None:
+def sgd_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
     """One ``torch.optim.SGD`` step with momentum (no dampening) in NumPy or CuPy:
-    ``b ← μ·b + g``, ``p ← p − lr·b``."""
-    (buf,) = state
+    ``b ← μ·b + g`` (``b ← g`` first: the buffer starts at 0), then ``p ← p − lr·(g + μ·b)``
+    with Nesterov, else ``p ← p − lr·b``."""
+    buf = state("momentum_buffer")
     buf *= hp["momentum"]
     buf += g
-    p -= hp["lr"] * buf
+    p -= hp["lr"] * (g + hp["momentum"] * buf if hp.get("nesterov") else buf)
 
 
-def adagrad_step_ref(xp: Any, p: Any, g: Any, state: list[Any], step: int, hp: dict) -> None:
+def adagrad_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
     """One ``torch.optim.Adagrad`` step in NumPy or CuPy: ``s ← s + g²``,
     ``p ← p − lr · g / (√s + eps)``."""
-    (total,) = state
+    total = state("sum")
     total += g * g
     p -= hp["lr"] * g / (xp.sqrt(total) + hp.get("eps", 1e-10))
 
 
-def rmsprop_step_ref(xp: Any, p: Any, g: Any, state: list[Any], step: int, hp: dict) -> None:
-    """One ``torch.optim.RMSprop`` step (plain) in NumPy or CuPy:
-    ``s ← α·s + (1−α)·g²``, ``p ← p − lr · g / (√s + eps)``."""
-    (square_avg,) = state
-    alpha = hp.get("alpha", 0.99)
+def rmsprop_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
+    """One ``torch.optim.RMSprop`` step in NumPy or CuPy: ``s ← α·s + (1−α)·g²``;
+    centered: ``ḡ ← α·ḡ + (1−α)·g``, ``a = √(s − ḡ²) + eps``, else ``a = √s + eps``;
+    momentum μ > 0: ``b ← μ·b + g/a``, ``p ← p − lr·b``, else ``p ← p − lr · g/a``."""
+    alpha, momentum = hp.get("alpha", 0.99), hp.get("momentum", 0.0)
+    square_avg = state("square_avg")
     square_avg *= alpha
     square_avg += (1 - alpha) * g * g
-    p -= hp["lr"] * g / (xp.sqrt(square_avg) + hp.get("eps", 1e-8))
+    if hp.get("centered"):
+        grad_avg = state("grad_avg")
+        grad_avg *= alpha
+        grad_avg += (1 - alpha) * g
+        avg = xp.sqrt(square_avg - grad_avg * grad_avg) + hp.get("eps", 1e-8)
+    else:
+        avg = xp.sqrt(square_avg) + hp.get("eps", 1e-8)
+    if momentum > 0:
+        buf = state("momentum_buffer")
+        buf *= momentum
+        buf += g / avg
+        p -= hp["lr"] * buf
+    else:
+        p -= hp["lr"] * g / avg
 
 
-def adadelta_step_ref(xp: Any, p: Any, g: Any, state: list[Any], step: int, hp: dict) -> None:
+def adadelta_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
     """One ``torch.optim.Adadelta`` step in NumPy or CuPy: ``s ← ρ·s + (1−ρ)·g²``,
     ``d = √(a + eps)/√(s + eps) · g``, ``a ← ρ·a + (1−ρ)·d²``, ``p ← p − lr·d``."""
-    square_avg, acc_delta = state
+    square_avg, acc_delta = state("square_avg"), state("acc_delta")
     rho, eps = hp.get("rho", 0.9), hp.get("eps", 1e-6)
     square_avg *= rho
     square_avg += (1 - rho) * g * g
@@ -466,74 +687,115 @@ def adadelta_step_ref(xp: Any, p: Any, g: Any, state: list[Any], step: int, hp: 
     p -= hp["lr"] * delta
 
 
-# torch.optim class -> (reference step, number of state arrays)
-REFERENCE_STEPS: dict[str, tuple[Callable[..., None], int]] = {
-    "Adam": (adam_step_ref, 2),
-    "AdamW": (functools.partial(adam_step_ref, decoupled=True), 2),
-    "SGD": (sgd_step_ref, 1),
-    "Adagrad": (adagrad_step_ref, 1),
-    "RMSprop": (rmsprop_step_ref, 1),
-    "Adadelta": (adadelta_step_ref, 2),
+# torch.optim class -> its reference step
+REFERENCE_STEPS: dict[str, Callable[..., None]] = {
+    "Adam": adam_step_ref,
+    "AdamW": functools.partial(adam_step_ref, decoupled=True),
+    "SGD": sgd_step_ref,
+    "Adagrad": adagrad_step_ref,
+    "RMSprop": rmsprop_step_ref,
+    "Adadelta": adadelta_step_ref,
 }
 
 
-def _reference_optimizer(xp: Any, rule: str, p: Any, g: Any) -> Callable[[], Any]:
-    """``step()``: one reference step of ``rule`` on the flat arrays ``p``, ``g``
-    (state zero-initialized, as torch's), returning ``p``."""
+def _reference_optimizer(
+    xp: Any, rule: str, p: Any, g: Any, max_grad_norm: float | None = None
+) -> Callable[[int], Any]:
+    """``step(t)``: one reference step of ``rule`` at step count ``t`` on the flat arrays
+    ``p``, ``g`` (after torch's ``clip_grad_norm_`` of ``g`` in place, with a
+    ``max_grad_norm``), returning ``p``."""
     cls, hp, _, _ = RULES[rule]
-    update, n_state = REFERENCE_STEPS[cls]
-    state = [xp.zeros_like(p) for _ in range(n_state)]
-    steps = itertools.count(1)
+    update = REFERENCE_STEPS[cls]
+    state = functools.cache(lambda name: xp.zeros_like(p))
 
-    def step():
-        update(xp, p, g, state, next(steps), hp)
+    def step(t: int) -> Any:
+        if max_grad_norm is not None:
+            clip_grad_norm_ref(xp, g, max_grad_norm)
+        update(xp, p, g, state, t, hp)
         return p
 
     return step
 
 
-def _optim_pyopt(rotate: int, *, backend: str, rule: str, shapes: dict) -> Callable:
+def _optim_pyopt(
+    rotate: int,
+    *,
+    backend: str,
+    dtype: np.dtype,
+    rule: str,
+    shapes: dict,
+    max_grad_norm: float | None = None,
+    kernel_only: bool = False,
+) -> Callable:
     import pyopt.optim
 
     xp = _array_module(backend)
     cls, hp, _, _ = RULES[rule]
-    p_host, g_host = _optim_inputs(shapes)
+    p_host, g_host = _optim_inputs(shapes, dtype)
+    clip = {} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}
 
     def make():
-        buf = pyopt.optim.ParamBuffer(shapes, np.float32, device=backend)
+        buf = pyopt.optim.ParamBuffer(shapes, dtype, device=backend)
         buf.data[:] = xp.asarray(p_host)
         buf.grad[:] = xp.asarray(g_host)
         opt = getattr(pyopt.optim, cls)(buf.params, **hp)
 
         def step():
-            opt.step(buf.grads)
+            opt.step(buf.grads, **clip)
             return buf.data
 
         return step
 
-    def check(data):
-        p = _reference_optimizer(xp, rule, xp.array(p_host), xp.array(g_host))()
-        _check(f"{rule} step", data, p, 1e-5)
+    # Kernel-only: the public steps 1 and 2, then the replay of step 2's launch.
+    steps = (1, 2, 2) if kernel_only else (1,)
 
+    def check(data):
+        g = xp.array(g_host)
+        # pyopt's clipping leaves the grads as they were: clip a fresh copy at every step.
+        reference = _reference_optimizer(xp, rule, xp.array(p_host), g)
+        for t in steps:
+            if max_grad_norm is not None:
+                g[:] = xp.asarray(g_host)
+                clip_grad_norm_ref(xp, g, max_grad_norm)
+            expected = reference(t)
+        _check(f"{rule} step{' +clip' if clip else ''}", data, expected, 1e-5)
+
+    if kernel_only:
+        make = _kernel_only(make, backend, "optim", LAUNCHERS[cls])
     return _rotating(make, rotate, check)
 
 
-def _optim_array(rotate: int, *, backend: str, rule: str, shapes: dict) -> Callable:
+def _optim_array(
+    rotate: int,
+    *,
+    backend: str,
+    dtype: np.dtype,
+    rule: str,
+    shapes: dict,
+    max_grad_norm: float | None = None,
+) -> Callable:
     xp = _array_module(backend)
-    p_host, g_host = _optim_inputs(shapes)
-    return _rotating(
-        lambda: _reference_optimizer(xp, rule, xp.array(p_host), xp.array(g_host)), rotate
-    )
+    p_host, g_host = _optim_inputs(shapes, dtype)
+
+    def make():
+        step = _reference_optimizer(xp, rule, xp.array(p_host), xp.array(g_host), max_grad_norm)
+        counts = itertools.count(1)
+        return lambda: step(next(counts))
+
+    return _rotating(make, rotate)
 
 
-def _torch_optimizer(torch: Any, rule: str, params: list[Any]) -> Any:
-    """``torch.optim.<cls>`` over ``params`` in ``bench_optim.RULES``' mode ("fused" or
-    "foreach"); "fused" falls back to "foreach" where torch has no fused kernel for the
-    params' device (a one-element trial step says)."""
-    cls, hp, mode, _ = RULES[rule]
+def _torch_optimizer(torch: Any, rule: str, params: list[Any], mode: str | None = None) -> Any:
+    """``torch.optim.<cls>`` over ``params`` in ``mode`` ("fused", "foreach" or "single";
+    None: the rule's mode in ``RULES``); "fused" falls back to "foreach" where torch has no
+    fused kernel for the params' device and dtype (a one-element trial step says)."""
+    cls, hp, rule_mode, _ = RULES[rule]
+    mode = mode or rule_mode
     make = getattr(torch.optim, cls)
+    if mode == "single":
+        return make(params, **hp, foreach=False)
     if mode == "fused":
-        trial = torch.nn.Parameter(torch.zeros(1, device=params[0].device))
+        trial = torch.nn.Parameter(torch.zeros(1, dtype=params[0].dtype, device=params[0].device))
         trial.grad = torch.zeros_like(trial)
         try:
             make([trial], **hp, fused=True).step()
@@ -556,7 +818,7 @@ def _torch_params(
         part = slice(start, start + math.prod(shape))
         start = part.stop
         if values is None:
-            data = torch.empty(shape, device=_torch_device(backend))
+            data = _torch_empty(torch, shape, grads.dtype, backend)
         else:
             data = _tensor(torch, values[part].reshape(shape), backend)
         param = torch.nn.Parameter(data)
@@ -565,90 +827,199 @@ def _torch_params(
     return params
 
 
-def _optim_torch(rotate: int, *, backend: str, rule: str, shapes: dict) -> Callable:
+def _optim_torch(
+    rotate: int,
+    *,
+    backend: str,
+    dtype: np.dtype,
+    rule: str,
+    shapes: dict,
+    max_grad_norm: float | None = None,
+    mode: str | None = None,
+) -> Callable:
     torch = _torch(backend)
-    p_host, g_host = _optim_inputs(shapes)
+    p_host, g_host = _optim_inputs(shapes, dtype)
 
     def make():
         params = _torch_params(torch, shapes, g_host, backend, p_host)
-        return _torch_optimizer(torch, rule, params).step
+        opt = _torch_optimizer(torch, rule, params, mode)
+        if max_grad_norm is None:
+            return opt.step
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+            opt.step()
+
+        return step
+
+    return _rotating(make, rotate)
+
+
+@njit(parallel=True, cache=True)
+def _adam_traffic(param, grad, exp_avg, exp_avg_sq):
+    """Adam's memory traffic with one add per array: read p, g, m, v; write p, m, v."""
+    for i in prange(param.size):
+        g = grad[i]
+        param[i] += g
+        exp_avg[i] += g
+        exp_avg_sq[i] += g
+
+
+def _adam_stream_floor(
+    rotate: int, *, backend: str, dtype: np.dtype, rule: str, shapes: dict
+) -> Callable:
+    if backend != "cpu":
+        raise Unavailable("the stream floor is a Numba CPU loop")
+    p_host, g_host = _optim_inputs(shapes, dtype)
+
+    def make():
+        arrays = (p_host.copy(), g_host.copy(), np.zeros_like(p_host), np.zeros_like(p_host))
+        return functools.partial(_adam_traffic, *arrays)
 
     return _rotating(make, rotate)
 
 
 # --- dropout ---
-def _dropout_cases(backend: str, quick: bool) -> list[Case]:
-    shapes = ((FLAT,),) if quick else ((FLAT,), (4096, 1024))
-    setups = (_dropout_pyopt, _dropout_array, _dropout_torch)
-    return [
-        _case(
-            "dropout",
-            "dropout_forward",
-            "flat-16M" if shape == (FLAT,) else "x".join(map(str, shape)),
-            backend,
-            8 * math.prod(shape),  # read x, write y
-            setups,
-            shape=shape,
-        )
-        for shape in shapes
-    ]
+def _dropout_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
+    shapes = ((FLAT,),) if quick else ((FLAT,), DROPOUT_2D)
+    ps = DROPOUT_P[:1] if quick else DROPOUT_P
+    ops = {
+        "dropout_forward": (
+            (_dropout_pyopt, _dropout_array, _dropout_torch),
+            {"torch-native": functools.partial(_dropout_torch, native=True)},
+        ),
+        "dropout_backward": (
+            (_dropout_backward_pyopt, _dropout_backward_array, _dropout_backward_torch),
+            {},
+        ),
+    }
+    out = []
+    for op, (setups, extra) in itertools.islice(ops.items(), 1 if quick else None):
+        for shape in shapes:
+            for p in ps:
+                # Read x (dy), write y (dx): the mask is never stored by pyopt.
+                min_bytes = 2 * dtype.itemsize * math.prod(shape)
+                label = f"{_label(shape)} p={p}"
+                out.append(
+                    _case("dropout", op, label, backend, dtype, min_bytes, setups,
+                          None if quick else extra, shape=shape, p=p)
+                )  # fmt: skip
+    return out
 
 
 def dropout_ref(xp: Any, rng: Any, x: Any, p: float) -> Any:
     """Inverted dropout in NumPy or CuPy: zero where a fresh uniform draw is below ``p``,
     scale the rest by ``1/(1−p)``."""
     keep = rng.random(x.shape, dtype=np.float32) >= p
-    return xp.where(keep, x * np.float32(1 / (1 - p)), 0.0)
+    return xp.where(keep, x * x.dtype.type(1 / (1 - p)), 0.0)
 
 
-def _dropout_pyopt(rotate: int, *, backend: str, shape: tuple) -> Callable:
+def _check_dropout(what: str, y: Any, x_host: np.ndarray, p: float) -> np.ndarray:
+    """Check that ``y`` is ``x_host`` with about ``p`` of it zeroed and the rest scaled by
+    ``1/(1−p)``, as the reference does; return the kept mask."""
+    y = _host(y)
+    kept = y != 0
+    fraction = float(kept.mean())
+    if not abs(fraction - (1 - p)) < SIGMAS * math.sqrt(p * (1 - p) / y.size):
+        raise AssertionError(f"{what} kept {fraction:.4f} of the elements, not ~{1 - p}")
+    _check(f"{what} kept values", y[kept], x_host[kept] * x_host.dtype.type(1 / (1 - p)), 1e-6)
+    return kept
+
+
+def _dropout_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
     from pyopt.functional import dropout
 
     xp = _array_module(backend)
-    x_host = _normal(shape, 0)
+    x_host = _normal(shape, 0, dtype)
     offsets = itertools.count()
 
     def make():
         x = xp.array(x_host)
-        return lambda: dropout(x, DROPOUT_P, seed=SEED, offset=next(offsets))
+        return lambda: dropout(x, p, seed=SEED, offset=next(offsets))
 
-    def check(y):
-        y = _host(y)
-        kept = y != 0
-        fraction = float(kept.mean())
-        if not abs(fraction - (1 - DROPOUT_P)) < 5e-3:
-            raise AssertionError(f"dropout kept {fraction:.4f} of the elements, not ~0.9")
-        _check("dropout kept values", y[kept], x_host[kept] * np.float32(1 / (1 - DROPOUT_P)), 1e-6)
+    return _rotating(make, rotate, lambda y: _check_dropout("dropout", y, x_host, p))
+
+
+def _dropout_array(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
+    xp = _array_module(backend)
+    x_host = _normal(shape, 0, dtype)
+    rng = xp.random.default_rng(SEED)
+    return _rotating(lambda: functools.partial(dropout_ref, xp, rng, xp.array(x_host), p), rotate)
+
+
+def _dropout_torch(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float, native: bool = False
+):
+    torch = _torch(backend)
+    x_host = _normal(shape, 0, dtype)
+    drop = torch.native_dropout if native else torch.nn.functional.dropout
+    return _rotating(
+        lambda: functools.partial(drop, _tensor(torch, x_host, backend), p, True), rotate
+    )
+
+
+def _dropout_backward_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
+    from pyopt.functional import dropout, dropout_backward
+
+    xp = _array_module(backend)
+    dy_host = _normal(shape, 1, dtype)
+    offsets = itertools.count()
+
+    def make():
+        dy = xp.array(dy_host)
+        return lambda: dropout_backward(dy, p, seed=SEED, offset=next(offsets))
+
+    def check(dx):
+        kept = _check_dropout("dropout_backward", dx, dy_host, p)
+        forward = _host(dropout(xp.ones(shape, dtype), p, seed=SEED, offset=0)) != 0
+        if not np.array_equal(kept, forward):
+            raise AssertionError("dropout_backward's mask is not its forward's (same offset)")
 
     return _rotating(make, rotate, check)
 
 
-def _dropout_array(rotate: int, *, backend: str, shape: tuple) -> Callable:
+def _dropout_backward_array(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
     xp = _array_module(backend)
-    x_host = _normal(shape, 0)
+    dy_host = _normal(shape, 1, dtype)
     rng = xp.random.default_rng(SEED)
-    return _rotating(
-        lambda: functools.partial(dropout_ref, xp, rng, xp.array(x_host), DROPOUT_P), rotate
-    )
+    scale = dtype.type(1 / (1 - p))
+
+    def make():
+        dy, keep = xp.array(dy_host), rng.random(shape, dtype=np.float32) >= p  # stored mask
+        return lambda: xp.where(keep, dy * scale, 0.0)
+
+    return _rotating(make, rotate)
 
 
-def _dropout_torch(rotate: int, *, backend: str, shape: tuple) -> Callable:
+def _dropout_backward_torch(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
     torch = _torch(backend)
-    x_host = _normal(shape, 0)
-    return _rotating(
-        lambda: functools.partial(
-            torch.nn.functional.dropout, _tensor(torch, x_host, backend), DROPOUT_P, True
-        ),
-        rotate,
-    )
+    dy_host = _normal(shape, 1, dtype)
+
+    def make():
+        dy = _tensor(torch, dy_host, backend)
+        _, mask = torch.native_dropout(dy, p, True)  # the mask a forward would have stored
+        return functools.partial(torch.ops.aten.native_dropout_backward, dy, mask, 1 / (1 - p))
+
+    return _rotating(make, rotate)
 
 
 # --- gradient clipping ---
-def _clip_cases(backend: str, quick: bool) -> list[Case]:
-    n = n_params(RESNET50_PARAM_SHAPES)
-    setups = (_clip_pyopt, _clip_array, _clip_torch)
-    # The norm reads the grads; the scaling reads and writes them.
-    return [_case("clip", "clip_grad_norm", "resnet50", backend, 12 * n, setups)]
+def _clip_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
+    models = {"flat-16M": {"flat": (FLAT,)}, "resnet50": RESNET50_PARAM_SHAPES}
+    if quick:
+        del models["flat-16M"]
+    ops = {
+        # The norm reads the grads; the scaling reads and writes them.
+        "clip_grad_norm_": (3, (_clip_norm_pyopt, _clip_norm_array, _clip_norm_torch)),
+        # One pass that reads and writes them.
+        "clip_grad_value_": (2, (_clip_value_pyopt, _clip_value_array, _clip_value_torch)),
+    }
+    return [
+        _case("clip", op, label, backend, dtype, passes * dtype.itemsize * n_params(shapes),
+              setups, shapes=shapes)
+        for op, (passes, setups) in itertools.islice(ops.items(), 1 if quick else None)
+        for label, shapes in models.items()
+    ]  # fmt: skip
 
 
 def clip_grad_norm_ref(xp: Any, grad: Any, max_norm: float) -> Any:
@@ -677,31 +1048,47 @@ def _norm64(x: np.ndarray) -> float:
     return math.sqrt(np.sum(np.square(x, dtype=np.float64)))
 
 
-def _clip_pyopt(rotate: int, *, backend: str) -> Callable:
+def _clip_buffers(
+    backend: str, dtype: np.dtype, shapes: dict, clip: Callable[[dict, int], Callable[[], object]]
+) -> tuple[Callable[[], Callable[[], object]], list[Any], np.ndarray]:
+    """``make()`` of a pyopt clipping provider: a new ``ParamBuffer`` holding the grads,
+    and ``clip(buf.grads, n)`` its call; also the buffers made, and the host grads."""
     import pyopt
 
     xp = _array_module(backend)
-    g_host = _optim_inputs(RESNET50_PARAM_SHAPES)[1]
-    n = g_host.size
+    g_host = _optim_inputs(shapes, dtype)[1]
     buffers = []
 
     def make():
-        buf = pyopt.optim.ParamBuffer(RESNET50_PARAM_SHAPES, np.float32, device=backend)
+        buf = pyopt.optim.ParamBuffer(shapes, dtype, device=backend)
         buf.grad[:] = xp.asarray(g_host)
         buffers.append(buf)
-        return _shrinking(lambda max_norm: pyopt.clip_grad_norm_(buf.grads, max_norm), n)
+        return clip(buf.grads, g_host.size)
+
+    return make, buffers, g_host
+
+
+def _clip_norm_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
+    import pyopt
+
+    make, buffers, g_host = _clip_buffers(
+        backend,
+        dtype,
+        shapes,
+        lambda grads, n: _shrinking(lambda max_norm: pyopt.clip_grad_norm_(grads, max_norm), n),
+    )
 
     def check(total):
         norms = [float(total), _norm64(_host(buffers[0].grad))]
-        expected = [_norm64(g_host), GRAD_SCALE * math.sqrt(n) * CLIP_SHRINK]
-        _check("clip_grad_norm total and clipped norms", np.array(norms), np.array(expected), 1e-4)
+        expected = [_norm64(g_host), GRAD_SCALE * math.sqrt(g_host.size) * CLIP_SHRINK]
+        _check("clip_grad_norm_ total and clipped norms", np.array(norms), np.array(expected), 1e-4)
 
     return _rotating(make, rotate, check)
 
 
-def _clip_array(rotate: int, *, backend: str) -> Callable:
+def _clip_norm_array(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
     xp = _array_module(backend)
-    g_host = _optim_inputs(RESNET50_PARAM_SHAPES)[1]
+    g_host = _optim_inputs(shapes, dtype)[1]
 
     def make():
         grad = xp.array(g_host)
@@ -710,12 +1097,12 @@ def _clip_array(rotate: int, *, backend: str) -> Callable:
     return _rotating(make, rotate)
 
 
-def _clip_torch(rotate: int, *, backend: str) -> Callable:
+def _clip_norm_torch(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
     torch = _torch(backend)
-    g_host = _optim_inputs(RESNET50_PARAM_SHAPES)[1]
+    g_host = _optim_inputs(shapes, dtype)[1]
 
     def make():
-        params = _torch_params(torch, RESNET50_PARAM_SHAPES, g_host, backend)
+        params = _torch_params(torch, shapes, g_host, backend)
         return _shrinking(
             lambda max_norm: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True),
             g_host.size,
@@ -724,44 +1111,96 @@ def _clip_torch(rotate: int, *, backend: str) -> Callable:
     return _rotating(make, rotate)
 
 
-# --- init ---
-def _init_cases(backend: str, quick: bool) -> list[Case]:
-    setups = (_normal_pyopt, _normal_array, _normal_torch)
-    return [_case("init", "normal_", "flat-16M", backend, 4 * FLAT, setups)]  # write only
-
-
-def _normal_pyopt(rotate: int, *, backend: str) -> Callable:
+def _clip_value_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
     import pyopt
 
-    xp = _array_module(backend)
-
-    def check(x):
-        x = _host(x)
-        mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
-        if not (abs(mean) < 2e-3 and abs(std - 1) < 2e-3):
-            raise AssertionError(f"normal_ drew mean {mean:.4f}, std {std:.4f}: not N(0, 1)")
-
-    return _rotating(
-        lambda: functools.partial(pyopt.init.normal_, xp.empty(FLAT, np.float32)), rotate, check
+    make, buffers, g_host = _clip_buffers(
+        backend,
+        dtype,
+        shapes,
+        lambda grads, n: functools.partial(pyopt.clip_grad_value_, grads, CLIP_VALUE),
     )
 
+    def check(_):
+        clipped = np.clip(g_host, -CLIP_VALUE, CLIP_VALUE)
+        _check("clip_grad_value_ grads", _host(buffers[0].grad), clipped, 0.0)
 
-def _normal_array(rotate: int, *, backend: str) -> Callable:
+    return _rotating(make, rotate, check)
+
+
+def _clip_value_array(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
     xp = _array_module(backend)
-    rng = xp.random.default_rng(SEED)
+    g_host = _optim_inputs(shapes, dtype)[1]
 
     def make():
-        x = xp.empty(FLAT, np.float32)
-        return functools.partial(rng.standard_normal, x.shape, np.float32, x)
+        grad = xp.array(g_host)
+        return functools.partial(xp.clip, grad, -CLIP_VALUE, CLIP_VALUE, out=grad)
 
     return _rotating(make, rotate)
 
 
-def _normal_torch(rotate: int, *, backend: str) -> Callable:
+def _clip_value_torch(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
     torch = _torch(backend)
+    g_host = _optim_inputs(shapes, dtype)[1]
+
+    def make():
+        params = _torch_params(torch, shapes, g_host, backend)
+        return functools.partial(torch.nn.utils.clip_grad_value_, params, CLIP_VALUE, foreach=True)
+
+    return _rotating(make, rotate)
+
+
+# --- init ---
+# op: (mean, std) of its default distribution (normal_: N(0, 1); uniform_: U[0, 1)).
+INIT_MOMENTS = {"normal_": (0.0, 1.0), "uniform_": (0.5, math.sqrt(1 / 12))}
+
+
+def _init_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
+    setups = (_init_pyopt, _init_array, _init_torch)
+    return [
+        _case("init", op, "flat-16M", backend, dtype, dtype.itemsize * FLAT, setups, fill=op)
+        for op in itertools.islice(INIT_MOMENTS, 1 if quick else None)
+    ]  # write only
+
+
+def _init_pyopt(rotate: int, *, backend: str, dtype: np.dtype, fill: str) -> Callable:
+    import pyopt
+
+    xp = _array_module(backend)
+    want_mean, want_std = INIT_MOMENTS[fill]
+
+    def check(x):
+        x = _host(x)
+        mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+        # σ/√n: the standard error of the mean, and more than that of the std (σ/√(2n)
+        # for the normal, 0.45·σ/√n for the uniform).
+        tol = SIGMAS * want_std / math.sqrt(x.size)
+        if not (abs(mean - want_mean) < tol and abs(std - want_std) < tol):
+            raise AssertionError(
+                f"{fill} drew mean {mean:.4f}, std {std:.4f}: not {want_mean:.4f}, {want_std:.4f}"
+            )
+        if fill == "uniform_" and not (x.min() >= 0.0 and x.max() < 1.0):
+            raise AssertionError(f"uniform_ drew outside [0, 1): [{x.min()}, {x.max()}]")
+
+    fill = getattr(pyopt.init, fill)
+    return _rotating(lambda: functools.partial(fill, xp.empty(FLAT, dtype)), rotate, check)
+
+
+def _init_array(rotate: int, *, backend: str, dtype: np.dtype, fill: str) -> Callable:
+    xp = _array_module(backend)
+    rng = xp.random.default_rng(SEED)
+    fill = rng.standard_normal if fill == "normal_" else rng.random
+
+    def make():
+        x = xp.empty(FLAT, dtype)
+        return functools.partial(fill, x.shape, dtype, x)
+
+    return _rotating(make, rotate)
+
+
+def _init_torch(rotate: int, *, backend: str, dtype: np.dtype, fill: str) -> Callable:
+    torch = _torch(backend)
+    fill = getattr(torch.nn.init, fill)
     return _rotating(
-        lambda: functools.partial(
-            torch.nn.init.normal_, torch.empty(FLAT, device=_torch_device(backend))
-        ),
-        rotate,
+        lambda: functools.partial(fill, _torch_empty(torch, (FLAT,), dtype, backend)), rotate
     )

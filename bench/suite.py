@@ -3,20 +3,25 @@
 Run as ``pyopt bench`` (installed) or ``python -m bench`` from a checkout::
 
     pyopt bench [--quick] [--out DIR] [--backend auto|cpu|cuda] [--family NAME ...]
-                [--repeats N] [--plot] [--no-progress] [--no-compile-times]
+                [--dtype float32|float64] [--repeats N] [--plot] [--no-progress]
+                [--no-compile-times]
 
 Steps: machine info and a bandwidth probe per backend (CPU: Numba copy/triad kernels on
 arrays far larger than the last-level cache; GPU: a device-to-device copy timed with CUDA
-events); ``import pyopt`` time and the first call of one op per family in a fresh process
-with an empty Numba cache (cold) and in a second one on that cache (warm); then every case
-of ``bench/cases.py``: each provider is set up (its JIT compile is never timed) on enough
-rotating input sets that consecutive calls do not find their data in cache, and timed in
-rounds with the providers interleaved (``_timing.interleaved``; CUDA events on the GPU).
-Reported per (case, provider): p20/p50/p80 ms, effective GB/s (the case's minimum bytes
-over p50), that as a fraction of the probe, and the speedup over each baseline provider
-(baseline p50 / provider p50). Output: a table on stdout, ``<out>/results.json`` (all of
-it) and ``<out>/results.csv`` (one row per case and provider); ``--plot`` adds
-``speedup.png`` and ``bandwidth.png``, drawn from the JSON by :func:`plot`.
+events); ``import pyopt`` time and the first call of each benchmarked op in a fresh
+process with an empty Numba cache (cold) and in a second one on that cache (warm); then
+every case of ``bench/cases.py``: each provider is set up (its JIT compile is never timed)
+on enough rotating input sets that consecutive calls do not find their data in cache, and
+timed in rounds with the providers interleaved (``_timing.interleaved``; CUDA events on
+the GPU). Reported per (case, provider): p20/p50/p80 ms, effective GB/s (the case's
+minimum bytes over p50), that as a fraction of the probe, and the speedup over each
+baseline provider (baseline p50 / provider p50). Output: a table on stdout,
+``<out>/results.json`` (all of it, the machine named: CPU model, cores, caches, probe
+GB/s; GPU name) and ``<out>/results.csv`` (one row per case and provider); ``--plot``
+adds ``speedup.png`` and ``bandwidth.png``, drawn from the JSON by :func:`plot`. Progress
+goes to stderr (``pyopt._progress``): a bar on a terminal, plain lines elsewhere, and a
+line before the first calls of each kernel family saying whether they compile or load
+from Numba's cache.
 """
 
 from __future__ import annotations
@@ -36,21 +41,23 @@ from typing import IO, Any
 import numba
 import numpy as np
 
+from pyopt._progress import KernelLoad, Progress
+
 from . import cases as case_module
 from ._timing import (
     bandwidth_probe,
-    cold_compile_times,
     cuda_bandwidth_probe,
     cuda_device_info,
     cuda_event_timer,
+    first_call_times,
     interleaved,
     machine_info,
+    machine_tag,
     percentiles_ms,
     wall_time,
 )
-from .cases import Case, Unavailable
+from .cases import DTYPES, FAMILIES, KERNELS, Case, Unavailable
 
-FAMILIES = ("batchnorm", "optim", "dropout", "clip", "init")
 ROUND = 5  # timed calls of one provider in a row, after one untimed (interleaved's block)
 WARMUP = 1
 ROTATE_BYTES = 64 << 20  # a small case's rotating input sets add up to this (> the L3 here)
@@ -86,6 +93,7 @@ BASES = {
     "speedup_vs_<baseline>": (
         "baseline p50 / provider p50, both measured in the same rounds of the same process"
     ),
+    "providers": case_module.PROVIDERS,
     "timing": (
         f"warm-up excluded: setup makes a first call, then rounds of {WARMUP} untimed and "
         f"{ROUND} timed calls per provider, the provider order rotated between rounds; "
@@ -94,45 +102,47 @@ BASES = {
     ),
 }
 
-# One first call per family, in a fresh process: argv = backend, comma-separated families.
+# The first call of each op, in a fresh process: argv = backend, dtype, comma-separated ops.
 _COMPILE_SNIPPET = """
-import json, sys, time
+import functools, json, sys, time
 t0 = time.perf_counter()
 import pyopt
 out = {"import_s": time.perf_counter() - t0}
 import numpy as np
-backend, families = sys.argv[1], set(sys.argv[2].split(","))
+backend, dtype, ops = sys.argv[1], np.dtype(sys.argv[2]), sys.argv[3].split(",")
 if backend == "cuda":
     import cupy as xp
     sync = xp.cuda.runtime.deviceSynchronize
 else:
     xp, sync = np, lambda: None
-x = xp.asarray(np.random.default_rng(0).standard_normal((4, 3, 5, 5), dtype=np.float32))
-w, b = xp.ones(3, xp.float32), xp.zeros(3, xp.float32)
+x = xp.asarray(np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(dtype))
+w, b = xp.ones(3, dtype), xp.zeros(3, dtype)
+buf = pyopt.optim.ParamBuffer({"w": (3, 5), "b": (5,)}, dtype, device=backend)
 saved = {}
+F = pyopt.functional
+calls = {
+    "batch_norm_forward": lambda: saved.update(
+        zip("ymi", F.batch_norm(x, w, b, xp.zeros_like(w), xp.ones_like(w)))
+    ),
+    "batch_norm_backward": lambda: F.batch_norm_backward(x, x, w, saved["m"], saved["i"]),
+    "dropout_forward": lambda: F.dropout(x, 0.1, seed=1),
+    "dropout_backward": lambda: F.dropout_backward(x, 0.1, seed=1),
+    "clip_grad_norm_": lambda: pyopt.clip_grad_norm_(buf.grads, 1.0),
+    "clip_grad_value_": lambda: pyopt.clip_grad_value_(buf.grads, 1.0),
+    "normal_": lambda: pyopt.init.normal_(x),
+    "uniform_": lambda: pyopt.init.uniform_(x),
+}
+if any(op.endswith("_step") for op in ops):
+    from pyopt.bench.cases import RULES, step_op
 
-def first(name, call):
+    for rule, (cls, hp, _, _) in RULES.items():
+        opt = getattr(pyopt.optim, cls)(buf.params, **hp)
+        calls[step_op(rule)] = functools.partial(opt.step, buf.grads)
+for op in ops:
     t0 = time.perf_counter()
-    call()
+    calls[op]()
     sync()
-    out[name + "_s"] = time.perf_counter() - t0
-
-if "batchnorm" in families:
-    bn = lambda: pyopt.functional.batch_norm(x, w, b, xp.zeros_like(w), xp.ones_like(w))
-    first("batch_norm_forward", lambda: saved.update(zip("ymi", bn())))
-    bwd = lambda: pyopt.functional.batch_norm_backward(x, x, w, saved["m"], saved["i"])
-    first("batch_norm_backward", bwd)
-if families & {"optim", "clip"}:
-    buf = pyopt.optim.ParamBuffer({"w": (3, 5), "b": (5,)}, np.float32, device=backend)
-if "optim" in families:
-    adam = pyopt.optim.Adam(buf.params, lr=1e-3)
-    first("adam_step", lambda: adam.step(buf.grads))
-if "dropout" in families:
-    first("dropout_forward", lambda: pyopt.functional.dropout(x, 0.1, seed=1))
-if "clip" in families:
-    first("clip_grad_norm", lambda: pyopt.clip_grad_norm_(buf.grads, 1.0))
-if "init" in families:
-    first("normal_", lambda: pyopt.init.normal_(x))
+    out[op + "_s"] = time.perf_counter() - t0
 print(json.dumps(out))
 """
 
@@ -150,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="fewer shapes and repeats (minutes on a laptop)"
     )
     parser.add_argument(
-        "--out", default="bench-results", metavar="DIR", help="output folder (default: %(default)s)"
+        "--out",
+        metavar="DIR",
+        help="output folder (default: bench-results/<machine>, e.g. bench-results/amd-epyc-2c)",
     )
     parser.add_argument(
         "--backend",
@@ -166,12 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"only this kernel family (repeatable; one of {', '.join(FAMILIES)})",
     )
     parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="element type of every case"
+    )
+    parser.add_argument(
         "--repeats", type=int, metavar="N", help="timed calls per provider (default: 30, --quick 5)"
     )
     parser.add_argument(
         "--plot", action="store_true", help="also write speedup.png and bandwidth.png"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or progress lines on stderr (only the results on stdout)",
+    )
     parser.add_argument(
         "--no-compile-times",
         action="store_true",
@@ -180,53 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Progress:
-    """One line on a terminal stream, redrawn with ``\\r``; does nothing without a stream."""
-
-    def __init__(self, total: int, stream: IO[str] | None, width: int = 24):
-        self.total, self.stream, self.width = total, stream, width
-        self.done = 0
-        self._last = 0
-        self._started = time.perf_counter()
-
-    def show(self, label: str) -> None:
-        if self.stream is None:
-            return
-        filled = self.width * self.done // max(1, self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        elapsed = time.perf_counter() - self._started
-        line = f"[{bar}] {self.done}/{self.total} {elapsed:3.0f} s  {label}"[:119]
-        self.stream.write("\r" + line + " " * max(0, self._last - len(line)))
-        self.stream.flush()
-        self._last = len(line)
-
-    def close(self) -> None:
-        if self.stream is not None and self._last:
-            self.stream.write("\r" + " " * self._last + "\r")
-            self.stream.flush()
-            self._last = 0
-
-
 def rotation(min_bytes: int) -> int:
     """Input sets a case's providers rotate over: enough for ``ROTATE_BYTES`` in all."""
     return max(1, min(MAX_ROTATE, math.ceil(ROTATE_BYTES / max(1, min_bytes))))
 
 
-def measure_case(
-    case: Case,
-    repeats: int,
-    time_call: Callable[[Callable[[], object]], float] = wall_time,
-    status: Callable[[str], None] | None = None,
-) -> tuple[dict[str, list[float]], dict[str, str], dict[str, str]]:
-    """Seconds per call of each provider of ``case``, and the skipped and failed ones.
+def setup_providers(
+    case: Case, rotate: int, status: Callable[[str], None] | None = None
+) -> tuple[dict[str, Callable[[], object]], dict[str, str], dict[str, str]]:
+    """Set up every provider of ``case`` on ``rotate`` input sets.
 
-    ``status(text)`` hears what is being done (a progress bar's label).
+    ``status(text)`` hears which provider is being set up (a progress bar's text).
 
-    Returns ``(times, skipped, failed)``: ``times`` provider -> ``repeats`` seconds;
-    ``skipped`` provider -> the ``Unavailable`` reason; ``failed`` provider -> the error a
-    setup raised (a bug to report, not a reason to lose the rest of the run).
+    Returns ``(runs, skipped, failed)``: ``runs`` provider -> its ``run()``; ``skipped``
+    provider -> the ``Unavailable`` reason; ``failed`` provider -> the error its setup
+    raised (a bug to report, not a reason to lose the rest of the run).
     """
-    rotate = rotation(case.min_bytes)
     runs: dict[str, Callable[[], object]] = {}
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -239,12 +227,34 @@ def measure_case(
             skipped[name] = str(exc) or "unavailable"
         except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
+    return runs, skipped, failed
+
+
+def time_providers(
+    runs: dict[str, Callable[[], object]],
+    repeats: int,
+    time_call: Callable[[Callable[[], object]], float] = wall_time,
+    status: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``runs``: ``repeats`` each, interleaved in rounds."""
     if not runs:
-        return {}, skipped, failed
+        return {}
     if status is not None:
         status("timing " + ", ".join(runs))
-    times = interleaved(runs, repeats, block=ROUND, warmup=WARMUP, time_call=time_call)
-    return times, skipped, failed
+    return interleaved(runs, repeats, block=ROUND, warmup=WARMUP, time_call=time_call)
+
+
+def measure_case(
+    case: Case,
+    repeats: int,
+    time_call: Callable[[Callable[[], object]], float] = wall_time,
+    status: Callable[[str], None] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, str], dict[str, str]]:
+    """Seconds per call of each provider of ``case``, and the skipped and failed ones:
+    :func:`setup_providers` on ``rotation(case.min_bytes)`` sets, then
+    :func:`time_providers`. Returns ``(times, skipped, failed)``."""
+    runs, skipped, failed = setup_providers(case, rotation(case.min_bytes), status)
+    return time_providers(runs, repeats, time_call, status), skipped, failed
 
 
 def speedup_key(baseline: str) -> str:
@@ -283,16 +293,24 @@ def case_rows(
     return rows
 
 
-def compile_report(backend: str, families: Iterable[str]) -> dict[str, Any]:
-    """``import pyopt`` and first-call seconds per family, cold (empty Numba cache) then warm.
+def compile_report(
+    backend: str, ops: Iterable[str], dtype: str = "float32", own_cache: bool = False
+) -> dict[str, Any]:
+    """``import pyopt`` and first-call seconds of ``ops`` (case op names) on tiny ``dtype``
+    arrays, cold (an empty Numba cache) then warm (that cache).
 
-    Two fresh processes on one new cache folder: the first compiles, the second loads.
+    Two fresh processes on one cache: the first compiles, the second loads. The cache is
+    a new temporary folder, or with ``own_cache`` the one this process uses, which the
+    caller has found empty of the kernels (a first run on this machine): the cases then
+    load what the cold process compiled instead of compiling it all again.
     """
-    argv = (backend, ",".join(sorted(families)))
-    with tempfile.TemporaryDirectory() as cache:
-        cold = cold_compile_times(_COMPILE_SNIPPET, *argv, cache_dir=cache)
-        warm = cold_compile_times(_COMPILE_SNIPPET, *argv, cache_dir=cache)
-    return {"cold": cold, "warm": warm}
+    argv = (backend, dtype, ",".join(dict.fromkeys(ops)))
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = None if own_cache else scratch
+        cold = first_call_times(_COMPILE_SNIPPET, *argv, cache_dir=cache)
+        warm = first_call_times(_COMPILE_SNIPPET, *argv, cache_dir=cache)
+    where = "this run's own (empty) cache" if own_cache else "a new temporary cache"
+    return {"cold": cold, "warm": warm, "cache": where}
 
 
 def probe(backend: str, quick: bool) -> dict[str, Any]:
@@ -344,13 +362,21 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: Sequence[dict[str, Any]], file: IO[str]) -> None:
     """The results as a table: one line per (case, provider), a speedup column per baseline
-    (``x numpy``, ``x torch``; ``x cupy`` where CUDA cases ran)."""
+    (``x numpy``, ``x torch``; ``x cupy`` where CUDA cases ran, ``x torch-nograd`` where
+    a case has that baseline)."""
     keys = ["speedup_vs_numpy", "speedup_vs_torch"]
     found = dict.fromkeys(k for r in rows for k in r if k.startswith("speedup_vs_"))
     keys += [k for k in found if k not in keys]
+    names = {k: "x " + k.removeprefix("speedup_vs_").replace("_", "-") for k in keys}
+    speedup_width = {k: max(8, len(name)) for k, name in names.items()}
+    op_w, shape_w, provider_w = (
+        max([width, *(len(r[key]) for r in rows)])
+        for key, width in (("op", 22), ("shape", 20), ("provider", 12))
+    )
     header = (
-        f"{'backend':<7} {'op':<22} {'shape':<20} {'provider':<12} {'p50 ms':>9} "
-        f"{'GB/s':>7} {'%BW':>5}" + "".join(f" {'x ' + k[11:]:>8}" for k in keys)
+        f"{'backend':<7} {'op':<{op_w}} {'shape':<{shape_w}} {'provider':<{provider_w}} "
+        f"{'p50 ms':>9} {'GB/s':>7} {'%BW':>5}"
+        + "".join(f" {names[k]:>{speedup_width[k]}}" for k in keys)
     )
     print(header, file=file)
     print("-" * len(header), file=file)
@@ -361,16 +387,39 @@ def print_table(rows: Sequence[dict[str, Any]], file: IO[str]) -> None:
         last = case
         pct = r["pct_of_bandwidth"]
         print(
-            f"{'' if same else r['backend']:<7} {'' if same else r['op']:<22} "
-            f"{'' if same else r['shape']:<20} {r['provider']:<12} {r['p50_ms']:9.3f} "
-            f"{r['gbs']:7.1f} {_fmt(None if pct is None else 100 * pct, '4.0f'):>4}%"
-            + "".join(f" {_fmt(r.get(k), '8.2f'):>8}" for k in keys),
+            f"{'' if same else r['backend']:<7} {'' if same else r['op']:<{op_w}} "
+            f"{'' if same else r['shape']:<{shape_w}} {r['provider']:<{provider_w}} "
+            f"{r['p50_ms']:9.3f} {r['gbs']:7.1f} "
+            f"{_fmt(None if pct is None else 100 * pct, '4.0f'):>4}%"
+            + "".join(f" {_fmt(r.get(k), '8.2f'):>{speedup_width[k]}}" for k in keys),
             file=file,
         )
 
 
+def machine_summary(info: dict[str, Any], probes: dict[str, dict[str, Any]]) -> str:
+    """The machine in one line: CPU model, cores, L3, the probe's GB/s (and the GPU's)."""
+    cpu = info["cpu"]
+    parts = [f"{cpu.get('model_name', 'cpu')}, {info['cores']} cores"]
+    if info.get("usable_cores") not in (None, info["cores"]):
+        parts[0] += f" ({info['usable_cores']} usable)"
+    l3 = cpu.get("caches", {}).get("L3")
+    if l3:
+        parts.append(f"L3 {l3['size_kib'] / 1024:g} MiB")
+    if "cpu" in probes:
+        parts.append(f"triad {probes['cpu']['triad_gbs']:.1f} GB/s")
+    line = ", ".join(parts)
+    if "cuda" in info:
+        gpu = info["cuda"]
+        line += f"; {gpu['name']} ({gpu['memory_gib']:.0f} GiB)"
+        if "cuda" in probes:
+            line += f", copy {probes['cuda']['copy_gbs']:.0f} GB/s"
+    return line
+
+
 def print_summary(result: dict[str, Any], file: IO[str]) -> None:
-    """Probes, compile times, skipped and failed providers: what the table does not say."""
+    """Machine, probes, compile times, skipped and failed providers: what the table does
+    not say."""
+    print(f"machine: {result['machine']['summary']}", file=file)
     for backend, p in result["bandwidth_probe"].items():
         extra = f", copy {p['copy_gbs']:.1f}" if backend == "cpu" else ""
         print(
@@ -518,6 +567,48 @@ def _set_torch_threads() -> None:
         torch.set_num_threads(numba.get_num_threads())
 
 
+def _run_cases(
+    cases: Sequence[Case],
+    repeats: int,
+    probes: dict[str, dict[str, Any]],
+    context: dict[str, Any],
+    devices: dict[str, str],
+    progress: Progress,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, str]]]:
+    """Measure every case: ``(rows, skipped, failed)``. Before the first case of each
+    family in this process a line says whether its kernels will compile or load from
+    Numba's cache; after any case that compiled or loaded some, a line says how many."""
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    failed: list[dict[str, str]] = []
+    announced: set[tuple[str, str]] = set()
+    for case in cases:
+        where = f"{case.op} {case.shape} ({case.backend})"
+        progress.start(f"{where}: {', '.join(case.providers)}")
+        load = KernelLoad(case.backend, KERNELS[case.family])
+        if (case.backend, case.family) not in announced:
+            announced.add((case.backend, case.family))
+            progress.note(load.before())
+        time_call = cuda_event_timer() if case.backend == "cuda" else wall_time
+        try:
+            runs, case_skipped, case_failed = setup_providers(
+                case, rotation(case.min_bytes), progress.status
+            )
+            if any(load.counts()):
+                progress.note(load.after("this case's setup"))
+            times = time_providers(runs, repeats, time_call, progress.status)
+        except Exception as exc:  # a run() that raises: the case is lost, not the suite
+            times, case_skipped = {}, {}
+            case_failed = {"(timing)": f"{type(exc).__name__}: {exc}"}
+        ident = {"op": case.op, "shape": case.shape, "backend": case.backend}
+        skipped += [{**ident, "provider": p, "reason": r} for p, r in case_skipped.items()]
+        failed += [{**ident, "provider": p, "reason": r} for p, r in case_failed.items()]
+        probe_gbs = probes[case.backend]["reference_gbs"]
+        rows += case_rows(case, times, probe_gbs, {"device": devices[case.backend], **context})
+        progress.advance()
+    return rows, skipped, failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark suite; returns the exit status (1 when a provider failed)."""
     args = build_parser().parse_args(argv)
@@ -537,56 +628,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     families = set(args.family) if args.family else None
     repeats = args.repeats or (5 if args.quick else 30)
-    stream = None if args.no_progress or not sys.stderr.isatty() else sys.stderr
     started = time.perf_counter()
 
-    _set_torch_threads()
-    info = machine_info()
-    if "cuda" in backends:
-        info["cuda"] = cuda_device_info()
-    lib_versions = versions(backends)
-    context = {
-        "git_commit": info["git_commit"],
-        "versions": " ".join(f"{k}={v}" for k, v in lib_versions.items() if v is not None),
-        "timestamp": info["timestamp"],
-    }
-    devices = {"cpu": info["cpu"].get("model_name", "cpu")}
-    if "cuda" in backends:
-        devices["cuda"] = info["cuda"]["name"]
+    cases = [c for b in backends for c in case_module.cases(b, args.quick, families, args.dtype)]
+    with Progress(None if args.no_progress else sys.stderr, len(cases)) as progress:
+        progress.phase("machine info")
+        _set_torch_threads()
+        info = machine_info()
+        if "cuda" in backends:
+            info["cuda"] = cuda_device_info()
+        lib_versions = versions(backends)
+        context = {
+            "git_commit": info["git_commit"],
+            "versions": " ".join(f"{k}={v}" for k, v in lib_versions.items() if v is not None),
+            "timestamp": info["timestamp"],
+        }
+        devices = {"cpu": info["cpu"].get("model_name", "cpu")}
+        if "cuda" in backends:
+            devices["cuda"] = info["cuda"]["name"]
 
-    cases = [c for b in backends for c in case_module.cases(b, args.quick, families)]
-    bar = Progress(len(cases), stream)
-    probes = {}
-    for backend in backends:
-        bar.show(f"{backend} bandwidth probe")
-        probes[backend] = probe(backend, args.quick)
-    compile_info = {}
-    if not args.no_compile_times:
+        probes = {}
         for backend in backends:
-            bar.show(f"{backend} compile times (cold, then warm; two fresh processes)")
-            compile_info[backend] = compile_report(backend, families or FAMILIES)
-
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    failed: list[dict[str, str]] = []
-    for case in cases:
-        where = f"{case.op} {case.shape} ({case.backend})"
-        time_call = cuda_event_timer() if case.backend == "cuda" else wall_time
-        try:
-            times, case_skipped, case_failed = measure_case(
-                case, repeats, time_call, lambda what, where=where: bar.show(f"{where}: {what}")
-            )
-        except Exception as exc:  # a run() that raises: the case is lost, not the suite
-            times, case_skipped = {}, {}
-            case_failed = {"(timing)": f"{type(exc).__name__}: {exc}"}
-        ident = {"op": case.op, "shape": case.shape, "backend": case.backend}
-        skipped += [{**ident, "provider": p, "reason": r} for p, r in case_skipped.items()]
-        failed += [{**ident, "provider": p, "reason": r} for p, r in case_failed.items()]
-        probe_gbs = probes[case.backend]["reference_gbs"]
-        rows += case_rows(case, times, probe_gbs, {"device": devices[case.backend], **context})
-        bar.done += 1
-        bar.show(where)
-    bar.close()
+            progress.phase(f"{backend} bandwidth probe")
+            probes[backend] = probe(backend, args.quick)
+        info["summary"] = machine_summary(info, probes)
+        compile_info = {}
+        if not args.no_compile_times:
+            for backend in backends:
+                ran = [c for c in cases if c.backend == backend]
+                kernels = [k for c in ran for k in KERNELS[c.family]]
+                # CUDA kernels are not cached: every process compiles them.
+                own = backend == "cpu" and KernelLoad("cpu", kernels).cache_state() == "cold"
+                cache = "this run's own" if own else "a temporary"
+                progress.phase(
+                    f"{backend} compile times: import pyopt and the first call of each op in "
+                    f"a fresh process on an empty Numba cache ({cache}: cold), then on that "
+                    "cache (warm)"
+                )
+                ops = [c.op for c in ran]
+                compile_info[backend] = compile_report(backend, ops, args.dtype, own)
+        rows, skipped, failed = _run_cases(cases, repeats, probes, context, devices, progress)
 
     result = {
         "benchmark": "pyopt bench",
@@ -594,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
             "backends": backends,
             "families": sorted(families or FAMILIES),
+            "dtype": args.dtype,
             "repeats": repeats,
             "rounds_of": ROUND,
             "warmup_per_round": WARMUP,
@@ -612,12 +694,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed": failed,
         "wall_s": time.perf_counter() - started,
     }
-    json_path, csv_path = write_results(result, Path(args.out))
+    out = Path(args.out or Path("bench-results") / machine_tag(info))
+    json_path, csv_path = write_results(result, out)
     print_table(rows, sys.stdout)
     print(file=sys.stdout)
     print_summary(result, sys.stdout)
     written = [json_path, csv_path]
     if args.plot:
-        written += plot(json_path, args.out)
+        written += plot(json_path, out)
     print(f"wrote {', '.join(map(str, written))} in {result['wall_s']:.0f} s", file=sys.stdout)
     return 1 if failed else 0

@@ -5,6 +5,15 @@ ReLU -> Dropout`` blocks with He init, the parameters flattened into one
 :class:`~pyopt.optim.ParamBuffer`, AdamW (weight decay on the Linear weights only) with
 fused global-norm clipping, a linear-warmup + cosine schedule stepped per batch, and
 evaluation with the BatchNorm running statistics.
+
+Thread settings: the kernels of this small model (a batch of 64 x 256 features) are too
+small to gain from threads: a parallel region's start and the wait at its end cost as
+much as the work, and on a machine with other work running, a thread that loses its core
+stalls every region it is part of. :func:`pick_threads` chooses the Numba thread count
+from the cores and the load average unless told. OpenMP's wait policy is left as it is:
+``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once instead of spinning) measured slower
+wherever the threads had cores of their own, and faster only where they had not, which
+:func:`pick_threads` avoids.
 """
 
 from __future__ import annotations
@@ -12,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import time
 from typing import Any, TextIO
 
+import numba
 import numpy as np
 
 from pyopt import _random, init, nn
 from pyopt._backend import cuda_unavailable_reason, resolve_device
+from pyopt._progress import KernelLoad, Progress
 from pyopt.optim import AdamW
 from pyopt.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
@@ -38,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    threads: int | None = None  # Numba threads; None: pick_threads decides
 
 
 @dataclasses.dataclass
@@ -58,7 +71,10 @@ class TrainResult:
     test_accuracy: float
     test_correct: int
     test_count: int
-    seconds: float
+    seconds: float  # all of it: data, model, the first step's kernel compile or load, epochs
+    first_step_s: float  # model build and the first step: compiling or loading the kernels
+    threads: int  # the Numba thread count the loop ran with
+    threads_reason: str
 
 
 def load_digits_split(test_size: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -123,23 +139,36 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
-class _Progress:
-    """A one-line progress bar on a terminal stream (nothing when disabled)."""
+# pick_threads: free cores (cores minus the load) from which a second thread is used.
+FREE_CORES_FOR_TWO = 4
 
-    def __init__(self, stream: TextIO | None, width: int = 24):
-        self.stream, self.width = stream, width
 
-    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float) -> None:
-        if self.stream is None:
-            return
-        filled = self.width * done // total
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\repoch {epoch:>3}/{epochs} [{bar}] {done:>3}/{total} loss {loss:.4f}")
-        self.stream.flush()
+def pick_threads(requested: int | None = None) -> tuple[int, str]:
+    """The Numba thread count for the training loop, and why (for the run's first line).
 
-    def clear(self) -> None:
-        if self.stream is not None:
-            self.stream.write("\r" + " " * (self.width + 48) + "\r")
+    ``requested`` wins; else ``NUMBA_NUM_THREADS`` if the user set it; else 2 threads
+    where the cores this process may run on (``os.sched_getaffinity``) minus the 1-minute
+    load average leave ``FREE_CORES_FOR_TWO`` free, and 1 otherwise. Measured on a 2-core
+    VM (``pyopt train``, steady-state epochs): 1 thread tied 2 on a quiet machine and was
+    2-12x faster than 2 under load, where a thread that loses its core stalls every
+    parallel region; a second thread gained 7% at most (a 4x wider model), and more
+    threads only add start and join costs to kernels this small.
+
+    Args:
+        requested: an explicit count (``--threads N``), or None.
+
+    Returns:
+        ``(threads, reason)``, e.g. ``(1, "2 cores, load 1.9")``.
+    """
+    if requested is not None:
+        return requested, "--threads"
+    limit = numba.config.NUMBA_NUM_THREADS
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return limit, f"NUMBA_NUM_THREADS={limit}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = 2 if (cores or 1) - load >= FREE_CORES_FOR_TWO else 1
+    return min(threads, limit), f"{cores} cores, load {load:.1f}"
 
 
 def train(
@@ -148,13 +177,18 @@ def train(
     log: TextIO | None = sys.stdout,
     progress: TextIO | None = None,
 ) -> TrainResult:
-    """Train the digits MLP as ``config`` says; per-epoch lines go to ``log``, the bar
-    to ``progress``.
+    """Train the digits MLP as ``config`` says; the thread choice and per-epoch lines go
+    to ``log``, progress (a bar on a terminal, plain lines elsewhere) to ``progress``.
 
-    NumPy's BLAS is limited to one thread meanwhile: its idle threads spin after each
-    matmul and starve Numba's kernel threads (measured 30x slower steps on 2 cores), and
-    these matmuls are too small to gain from threads.
+    Meanwhile Numba runs ``pick_threads(config.threads)`` threads (restored after) and
+    NumPy's BLAS one: its idle threads spin after each matmul and starve Numba's kernel
+    threads (measured 30x slower steps on 2 cores), and these matmuls are too small to
+    gain from threads.
     """
+    threads, reason = pick_threads(config.threads)
+    if log is not None:
+        log.write(f"threads: {threads} ({reason}; --threads to override)\n")
+        log.flush()
     with contextlib.ExitStack() as stack:
         try:
             from threadpoolctl import threadpool_limits  # installed with scikit-learn
@@ -162,10 +196,15 @@ def train(
             pass
         else:
             stack.enter_context(threadpool_limits(1, user_api="blas"))
-        return _train(config, log, progress)
+        stack.callback(numba.set_num_threads, numba.get_num_threads())
+        numba.set_num_threads(threads)
+        bar = stack.enter_context(Progress(progress))
+        return _train(config, log, bar, threads, reason)
 
 
-def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> TrainResult:
+def _train(
+    config: TrainConfig, log: TextIO | None, bar: Progress, threads: int, reason: str
+) -> TrainResult:
     started = time.perf_counter()
     device = pick_device(config.device)
     dtype = np.dtype(config.dtype)
@@ -174,10 +213,16 @@ def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> 
         import cupy
 
         xp = cupy
+    bar.status("loading the digits dataset")
     x_train, y_train, x_test, y_test = load_digits_split(config.test_size, config.seed)
     x_train_d, x_test_d = (xp.asarray(a.astype(dtype)) for a in (x_train, x_test))
     y_train_d, y_test_d = (xp.asarray(a.astype(np.int64)) for a in (y_train, y_test))
 
+    # Init, batch norm, dropout and the optimizer step: their kernels compile (or load
+    # from the cache) in the model build and the first step.
+    load = KernelLoad(device, ("random", "batchnorm", "optim"))
+    bar.note(load.before())
+    first_started = time.perf_counter()
     _random.manual_seed(config.seed)
     model = build_mlp(
         x_train.shape[1], config.hidden, 10, config.dropout, dtype=dtype, device=device
@@ -204,7 +249,8 @@ def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> 
     )
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(config.seed)
-    bar = _Progress(progress)
+    bar.total = total_steps
+    first_step_s = None
     history = []
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -212,6 +258,8 @@ def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> 
         order = rng.permutation(n)
         losses, correct = [], 0
         for b in range(batches):
+            if first_step_s is None:
+                bar.status(f"epoch {epoch}/{config.epochs} step 1/{batches}: first calls")
             idx = xp.asarray(order[b * config.batch_size : (b + 1) * config.batch_size])
             xb, yb = x_train_d[idx], y_train_d[idx]
             logits = model(xb)
@@ -221,8 +269,15 @@ def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> 
             sched.step()
             losses.append(loss)
             correct += int((logits.argmax(axis=1) == yb).sum())
-            bar.update(epoch, config.epochs, b + 1, batches, float(np.mean(losses)))
-        bar.clear()
+            if first_step_s is None:
+                first_step_s = time.perf_counter() - first_started
+                bar.note(load.after("the model build and first step"))
+            bar.advance()
+            bar.status(
+                f"epoch {epoch}/{config.epochs} step {b + 1}/{batches} "
+                f"loss {float(np.mean(losses)):.4f}"
+            )
+        bar.status(f"epoch {epoch}/{config.epochs}: evaluating")
         test_correct = _correct(model, x_test_d, y_test_d)
         stats = EpochStats(
             epoch=epoch,
@@ -234,13 +289,14 @@ def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> 
         )
         history.append(stats)
         if log is not None:
-            log.write(
-                f"epoch {epoch:>3}/{config.epochs}  loss {stats.loss:.4f}  "
-                f"train acc {100 * stats.train_accuracy:6.2f}%  "
-                f"test acc {100 * stats.test_accuracy:6.2f}%  lr {stats.lr:.2e}  "
-                f"{stats.seconds:.2f} s\n"
-            )
-            log.flush()
+            with bar.hidden():
+                log.write(
+                    f"epoch {epoch:>3}/{config.epochs}  loss {stats.loss:.4f}  "
+                    f"train acc {100 * stats.train_accuracy:6.2f}%  "
+                    f"test acc {100 * stats.test_accuracy:6.2f}%  lr {stats.lr:.2e}  "
+                    f"{stats.seconds:.2f} s\n"
+                )
+                log.flush()
     test_correct = _correct(model, x_test_d, y_test_d)
     return TrainResult(
         config=config,
@@ -250,6 +306,9 @@ def _train(config: TrainConfig, log: TextIO | None, progress: TextIO | None) -> 
         test_correct=test_correct,
         test_count=len(y_test),
         seconds=time.perf_counter() - started,
+        first_step_s=first_step_s or 0.0,
+        threads=threads,
+        threads_reason=reason,
     )
 
 
@@ -280,3 +339,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError("--weight-decay and --warmup-epochs must be >= 0")
     if config.dtype not in ("float32", "float64"):
         raise ValueError(f"--dtype must be float32 or float64, got {config.dtype}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if config.threads is not None and not 1 <= config.threads <= limit:
+        raise ValueError(
+            f"--threads must be 'auto' or 1 to {limit} (NUMBA_NUM_THREADS), got {config.threads}"
+        )

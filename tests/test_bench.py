@@ -1,7 +1,9 @@
-"""pyopt bench's runner (bench/suite.py): timing arithmetic, output files, table, plots, CLI.
+"""pyopt bench: the runner (bench/suite.py), its cases (bench/cases.py) on tiny shapes, and
+the progress output it shares with pyopt train (pyopt/_progress.py).
 
-Stand-in cases (tiny NumPy work, or a fake clock) replace bench/cases.py's real ones: these
-tests check the runner, not the kernels, and assert no timings of the real machine.
+Stand-in cases (tiny NumPy work, or a fake clock) test the runner's arithmetic, files,
+table and plots; the real cases run on shrunken shapes to check that every provider sets up
+and passes its check, with the baseline columns it should have. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ import importlib.util
 import io
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 
+from pyopt._progress import KernelLoad, Progress
 from pyopt.bench import cases as case_module
 from pyopt.bench import suite
 from pyopt.bench.cases import Case, Unavailable
@@ -83,8 +88,8 @@ def _broken(x, out):
     raise RuntimeError("a bug in a provider")
 
 
-def _tiny_cases(backend, quick, families):
-    assert backend == "cpu"
+def _tiny_cases(backend, quick, families, dtype):
+    assert backend == "cpu" and dtype == "float32"
     scale = {
         "pyopt": lambda x, out: lambda: np.multiply(x, np.float32(2), out=out),
         "numpy": lambda x, out: lambda: np.copyto(out, x * np.float32(2)),
@@ -204,7 +209,7 @@ def test_main_writes_json_csv_and_table(tiny_suite, tmp_path, capsys):
 
 
 def test_main_reports_a_failing_provider_and_still_writes(monkeypatch, tmp_path):
-    def cases(backend, quick, families):
+    def cases(backend, quick, families, dtype):
         bad = {"pyopt": lambda x, out: lambda: np.add(x, 1, out=out), "numpy": _broken}
         return [_numpy_case("add", 5, bad)]
 
@@ -228,14 +233,15 @@ def test_main_reports_a_failing_provider_and_still_writes(monkeypatch, tmp_path)
 def test_family_and_quick_reach_the_cases(monkeypatch, tmp_path):
     calls = []
 
-    def cases(backend, quick, families):
-        calls.append((backend, quick, families))
+    def cases(backend, quick, families, dtype):
+        calls.append((backend, quick, families, dtype))
         return []
 
     monkeypatch.setattr(case_module, "cases", cases, raising=False)
     monkeypatch.setitem(suite.PROBE_BYTES, "cpu", 1 << 20)
-    status, out = _run(tmp_path, "--quick", "--family", "optim", "--family", "clip")
-    assert status == 0 and calls == [("cpu", True, {"optim", "clip"})]
+    argv = ("--quick", "--family", "optim", "--family", "clip", "--dtype", "float64")
+    status, out = _run(tmp_path, *argv)
+    assert status == 0 and calls == [("cpu", True, {"optim", "clip"}, "float64")]
     assert json.loads((out / "results.json").read_text())["rows"] == []
 
 
@@ -296,21 +302,7 @@ def test_print_table_formats_rows_and_missing_speedups():
     assert lines[4].split()[-3:] == ["-", "-", "2.00"]
 
 
-def test_progress_redraws_one_line_and_clears_it():
-    stream = io.StringIO()
-    bar = suite.Progress(4, stream, width=8)
-    bar.show("probe")
-    bar.done = 2
-    bar.show("adam_step flat-16M (cpu) torch")
-    bar.close()
-    text = stream.getvalue()
-    assert re.match(r"\r\[\.{8}\] 0/4 +\d+ s  probe", text)
-    assert re.search(r"\r\[####\.{4}\] 2/4 +\d+ s  adam_step flat-16M \(cpu\) torch", text)
-    assert text.endswith("\r") and "\n" not in text
-    suite.Progress(4, None).show("nothing to draw on")  # no stream: a no-op
-
-
-def test_compile_report_runs_cold_then_warm_on_one_fresh_cache(monkeypatch):
+def test_compile_report_runs_cold_then_warm_on_one_fresh_cache(monkeypatch, tmp_path):
     # Stands in for the real snippet (tens of seconds of JIT): the cache folder is empty in
     # the first process and holds what the first process left there in the second.
     snippet = (
@@ -318,13 +310,23 @@ def test_compile_report_runs_cold_then_warm_on_one_fresh_cache(monkeypatch):
         "cache = pathlib.Path(os.environ['NUMBA_CACHE_DIR'])\n"
         "cold = not any(cache.iterdir())\n"
         "(cache / 'marker').write_text('x')\n"
-        "assert sys.argv[1:] == ['cpu', 'clip,optim']\n"
+        "assert sys.argv[1:] == ['cpu', 'float64', 'adam_step,clip_grad_norm_'], sys.argv\n"
         "print(json.dumps({'import_s': 0.25, 'adam_step_s': 3.0 if cold else 0.5}))\n"
     )
     monkeypatch.setattr(suite, "_COMPILE_SNIPPET", snippet)
-    report = suite.compile_report("cpu", {"optim", "clip"})
+    ops = ["adam_step", "clip_grad_norm_", "adam_step"]
+    own = tmp_path / "own-cache"
+    own.mkdir()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(own))  # the cache this process would use
+    report = suite.compile_report("cpu", ops, "float64")
     assert report["cold"] == {"import_s": 0.25, "adam_step_s": 3.0, "total_s": 3.0}
     assert report["warm"] == {"import_s": 0.25, "adam_step_s": 0.5, "total_s": 0.5}
+    assert report["cache"] == "a new temporary cache" and not any(own.iterdir())
+    # own_cache (found empty by the caller): the same two runs, on that cache, which keeps
+    # what the cold run left for the cases to load.
+    report = suite.compile_report("cpu", ops, "float64", own_cache=True)
+    assert (report["cold"]["adam_step_s"], report["warm"]["adam_step_s"]) == (3.0, 0.5)
+    assert report["cache"] == "this run's own (empty) cache" and (own / "marker").exists()
 
 
 def test_pick_backends(monkeypatch):
@@ -356,3 +358,248 @@ def test_pyopt_console_script_forwards_to_the_suite(capsys):
         main(["bench", "--help"])
     assert exit_info.value.code == 0
     assert "usage: pyopt bench" in capsys.readouterr().out
+
+
+def test_main_names_the_machine_and_defaults_to_a_folder_named_after_it(
+    tiny_suite, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--backend", "cpu", "--repeats", "1", "--no-progress", "--no-compile-times"]
+    assert suite.main(argv) == 0
+    (folder,) = (tmp_path / "bench-results").iterdir()
+    result = json.loads((folder / "results.json").read_text())
+    machine = result["machine"]
+    assert folder.name == suite.machine_tag(machine) and folder.name.endswith(
+        f"-{machine['cores']}c"
+    )
+    triad = result["bandwidth_probe"]["cpu"]["triad_gbs"]
+    assert f"{machine['cores']} cores" in machine["summary"]
+    assert f"triad {triad:.1f} GB/s" in machine["summary"]
+    if Path("/sys/devices/system/cpu/cpu0/cache").is_dir():  # Linux: the caches are named
+        l3 = machine["cpu"]["caches"]["L3"]
+        assert l3["size_kib"] > 0 and l3["shared_by_cpus"] >= 1
+        assert f"L3 {l3['size_kib'] / 1024:g} MiB" in machine["summary"]
+    assert f"machine: {machine['summary']}" in capsys.readouterr().out
+
+
+# --- the real cases, on shapes small enough for a test ---
+TINY_PARAMS = {"conv.weight": (8, 3, 3, 3), "bn.weight": (8,), "bn.bias": (8,), "fc.weight": (10, 72), "fc.bias": (10,)}  # fmt: skip
+
+
+@pytest.fixture
+def tiny_shapes(monkeypatch):
+    """bench/cases.py's shapes shrunk: 64 Ki-element flat buffers, a 5-tensor model."""
+    for name, value in {
+        "FLAT": 1 << 16,
+        "DROPOUT_2D": (64, 1000),
+        "RESNET50_PARAM_SHAPES": TINY_PARAMS,
+        "RESNET50_BN_SHAPES": {"bn1": (8, 6, 6), "bn2": (3, 5, 7)},
+        "BN_MLP_SHAPES": ((40, 24),),
+        "BN_QUICK": ((8, 6, 6),),
+        "BN_BATCH": 4,
+    }.items():
+        monkeypatch.setattr(case_module, name, value)
+
+
+def _providers(case_list):
+    return {(c.op, c.shape): list(c.providers) for c in case_list}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+@pytest.mark.parametrize("family", case_module.FAMILIES)
+def test_every_provider_of_the_full_run_sets_up_and_passes_its_check(tiny_shapes, family):
+    """Every provider of ``family`` sets up (running the pyopt providers' checks against the
+    reference) and runs; rows carry the speedup columns of the case's baselines."""
+    full = case_module.cases("cpu", False, {family})
+    quick = case_module.cases("cpu", True, {family})
+    assert quick and set(_providers(quick)) <= set(_providers(full))
+    for providers in _providers(quick).values():
+        assert providers == ["pyopt", "numpy", "torch"]  # --quick: the main three alone
+    for case in full:
+        runs, skipped, failed = suite.setup_providers(case, 2)
+        assert (skipped, failed) == ({}, {}), (case.op, case.shape)
+        for run in runs.values():
+            run()
+        rows = suite.case_rows(case, {name: [1e-3] for name in runs}, 10.0, {})
+        expected = {suite.speedup_key(b) for b in case.baseline_order}
+        for row in rows:
+            assert {k for k in row if k.startswith("speedup_vs_")} == expected
+            assert row["dtype"] == "float32" and row["min_bytes"] == case.min_bytes
+
+
+def test_full_run_providers_and_baselines_per_family(tiny_shapes):
+    n = case_module.n_params(TINY_PARAMS)
+    by = {(c.op, c.shape): c for c in case_module.cases("cpu", False)}
+
+    forward = by["batch_norm_forward", "4x8x6x6 NCHW"]
+    assert list(forward.providers) == ["pyopt", "numpy", "torch", "pyopt-kernel", "torch-nograd"]
+    assert forward.baseline_order == ("numpy", "torch", "torch-nograd")
+    backward = by["batch_norm_backward", "4x6x6x8 NHWC"]
+    assert list(backward.providers) == ["pyopt", "numpy", "torch", "pyopt-kernel"]
+
+    adam = by["adam_step", "flat-16M"]
+    assert list(adam.providers) == [
+        "pyopt", "numpy", "torch", "pyopt-kernel", "torch-single", "stream-floor",
+    ]  # fmt: skip
+    assert adam.min_bytes == 28 * (1 << 16)
+    clipped = by["amsgrad_step", "resnet50 +clip"]  # the clip coefficient's extra read
+    assert list(clipped.providers) == ["pyopt", "numpy", "torch"] and clipped.min_bytes == 40 * n
+    assert clipped.baseline_order == ("numpy", "torch")
+    rules = {op for op, shape in by if op.endswith("_step") and shape == "resnet50"}
+    assert rules == {case_module.step_op(r) for r in case_module.RULES}
+    assert {"sgd_nesterov_step", "rmsprop_centered_momentum_step"} <= rules
+
+    assert list(by["dropout_forward", "64x1000 p=0.5"].providers)[-1] == "torch-native"
+    assert by["dropout_backward", "flat-16M p=0.1"].min_bytes == 8 * (1 << 16)
+    assert by["clip_grad_value_", "resnet50"].min_bytes == 8 * n
+    assert by["clip_grad_norm_", "flat-16M"].min_bytes == 12 * (1 << 16)
+    assert by["uniform_", "flat-16M"].min_bytes == 4 * (1 << 16)
+
+    doubles = {(c.op, c.shape): c for c in case_module.cases("cpu", False, {"optim"}, "float64")}
+    assert doubles["adam_step", "flat-16M"].min_bytes == 56 * (1 << 16)
+    assert doubles["adam_step", "flat-16M"].dtype == "float64"
+    with pytest.raises(ValueError, match="dtype"):
+        case_module.cases("cpu", True, None, "float16")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_float64_cases_run_in_float64(tiny_shapes):
+    for case in case_module.cases("cpu", True, {"batchnorm", "optim"}, "float64")[:3]:
+        runs, skipped, failed = suite.setup_providers(case, 1)
+        assert (skipped, failed) == ({}, {}) and set(runs) == {"pyopt", "numpy", "torch"}
+
+
+def test_kernel_only_provider_replays_the_launches_of_the_public_call(tiny_shapes, monkeypatch):
+    """pyopt-kernel's run is the launcher alone: the public layer is not called again, and
+    each run updates the same buffer once more."""
+    from pyopt import _optim_functional
+
+    case = case_module.cases("cpu", False, {"optim"})[0]
+    assert case.op == "adam_step"
+    run = case.providers["pyopt-kernel"](1)
+
+    def public_layer(*args, **kwargs):
+        raise AssertionError("the kernel-only provider called the public layer")
+
+    monkeypatch.setattr(_optim_functional, "adam_", public_layer)
+    before = run().copy()
+    after = run()
+    assert not np.array_equal(before, after)
+
+
+# --- progress (pyopt/_progress.py), shared with pyopt train ---
+def test_progress_bar_redraws_one_line_and_clears_it():
+    stream = io.StringIO()
+    with Progress(stream, 4, bar=True, width=8) as bar:
+        bar.phase("probe")
+        bar.advance(2)
+        bar.start("adam_step flat-16M (cpu)")
+        bar.status("timing pyopt, torch")
+        with bar.hidden():
+            stream.write("<a result line>")
+        bar.note("compiling the kernels")
+    text = stream.getvalue()
+    assert re.match(r"\r\[\.{8}\] 0/4 +\d+ s  probe", text)
+    assert re.search(r"\r\[####\.{4}\] 2/4 +\d+ s  adam_step flat-16M \(cpu\): timing pyopt", text)
+    assert re.search(r"\r +\r<a result line>", text)  # the bar cleared before it
+    assert "\r" + " " * 20 in text and text.endswith("\r")  # and after the last draw
+    assert text.count("\n") == 1 and "\rcompiling the kernels\n" in text
+
+
+def test_progress_lines_off_a_terminal_with_a_heartbeat(monkeypatch):
+    import pyopt._progress as progress_module
+
+    monkeypatch.setattr(progress_module, "TICK_S", 0.02)
+    stream = io.StringIO()  # not a terminal: lines
+    with Progress(stream, 12, heartbeat_s=0.1) as lines:
+        assert not lines.bar
+        lines.phase("cpu bandwidth probe")
+        lines.start("normal_ flat-16M (cpu): pyopt, numpy, torch")
+        lines.status("setup numpy")  # not a line of its own
+        deadline = time.perf_counter() + 5
+        while "still" not in stream.getvalue() and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        lines.advance()
+        lines.start("uniform_ flat-16M (cpu): pyopt, numpy, torch")
+        lines.note("compiling pyopt's CPU kernels")
+    got = stream.getvalue().splitlines()
+    assert got[:2] == ["cpu bandwidth probe", "[ 1/12] normal_ flat-16M (cpu): pyopt, numpy, torch"]
+    assert re.fullmatch(
+        r"  \.\.\. still normal_ flat-16M \(cpu\): pyopt, numpy, torch: setup numpy \(\d+ s elapsed\)",
+        got[2],
+    )
+    assert got[-2:] == ["[ 2/12] uniform_ flat-16M (cpu): pyopt, numpy, torch", "compiling pyopt's CPU kernels"]  # fmt: skip
+    assert "\r" not in stream.getvalue()
+
+
+def test_progress_without_a_stream_writes_nothing_and_starts_no_thread():
+    progress = Progress(None, 3)
+    assert progress._thread is None
+    progress.start("a")
+    progress.note("b")
+    progress.close()
+
+
+_KERNEL_LOAD = """
+import json, sys
+import numpy as np
+import pyopt
+from pyopt._progress import KernelLoad
+load = KernelLoad("cpu", ["clip"])
+state, before = load.cache_state(), load.before()
+pyopt.clip_grad_value_([np.ones(10, np.float32)], 0.5)
+print(json.dumps([state, before, load.counts(), load.after("the call")]))
+"""
+
+
+def test_kernel_load_says_compiling_on_an_empty_cache_then_loading(tmp_path):
+    """A fresh Numba cache: 'compiling', and a kernel compiled; the next process on it:
+    'loading', and that kernel loaded (Numba's own cache counters)."""
+
+    def first_call():
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+        proc = subprocess.run(
+            [sys.executable, "-c", _KERNEL_LOAD], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    state, before, (compiled, loaded), after = first_call()
+    assert state == "cold" and before.startswith("compiling pyopt's CPU kernels for gradient")
+    assert "first use on this machine; cached for later runs" in before
+    assert (compiled, loaded) == (1, 0)
+    assert re.fullmatch(
+        r".*: 1 kernels compiled, 0 loaded from cache \(the call took \d+\.\d s\)", after
+    )
+    state, before, (compiled, loaded), after = first_call()
+    assert state == "mixed"  # the norm and scale kernels were never called
+    assert before.startswith("compiling or loading from cache pyopt's CPU kernels")
+    assert (compiled, loaded) == (0, 1)
+    with pytest.raises(ValueError, match="unknown kernel families"):
+        KernelLoad("cpu", ["bogus"])
+    assert KernelLoad("cuda", ["optim"]).before().startswith("compiling pyopt's CUDA kernels")
+
+
+def test_pyopt_bench_piped_prints_progress_lines_while_it_runs(tmp_path):
+    """stderr a pipe: plain lines, the first before the run ends, naming the case and what
+    the kernels' first calls will do; stdout keeps the results."""
+    cmd = [sys.executable, "-m", "pyopt", "bench", "--family", "init", "--quick",
+           "--no-compile-times", "--repeats", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    running_at_case = None
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("[1/1] "):
+            running_at_case = proc.poll() is None
+    stdout = proc.stdout.read()
+    assert proc.wait(timeout=600) == 0, "\n".join(lines)
+    assert running_at_case, lines  # the line came while the case still had to run
+    assert lines[:2] == ["machine info", "cpu bandwidth probe"]
+    assert lines[2] == "[1/1] normal_ flat-16M (cpu): pyopt, numpy, torch"
+    assert re.match(
+        r"(compiling|loading|compiling or loading).*kernels for dropout and init", lines[3]
+    )
+    assert "\r" not in "".join(lines) and "[1/1]" not in stdout
+    assert "normal_" in stdout and "wrote " in stdout

@@ -1,20 +1,24 @@
 """Linear, ReLU, CrossEntropyLoss and Sequential against torch; flattened parameters; the
-digits MLP trained beside a torch model for 50 steps; the ``pyopt train`` console script."""
+digits MLP trained beside a torch model for 50 steps; the ``pyopt train`` console script,
+its progress lines and its thread choice."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 import reference
 
 import pyopt
-from pyopt import nn
-from pyopt._train import TrainConfig, build_mlp, load_digits_split
+from pyopt import _train, nn
+from pyopt._train import TrainConfig, build_mlp, load_digits_split, pick_threads
 from pyopt.optim import AdamW
 
 torch = pytest.importorskip("torch", reason="torch is needed for the layer parity tests")
@@ -131,8 +135,10 @@ def test_sequential_names_state_dict_and_flattening():
         torch.nn.ReLU(), torch.nn.Dropout(0.0), torch.nn.Linear(16, 10),
     )  # fmt: skip
     state = model.state_dict()
-    assert set(state) == set(ref.state_dict())
-    ref.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    # The Dropout layers' random-stream position: state torch's Dropout does not have.
+    assert set(state) - set(ref.state_dict()) == {"3._extra_state", "7._extra_state"}
+    assert set(ref.state_dict()) <= set(state)
+    ref.load_state_dict(_torch_state(state))
     before = {n: p.copy() for n, p in model.named_parameters()}
     buf = model.flatten_parameters()
     assert buf.size == sum(p.size for p in before.values())
@@ -146,7 +152,7 @@ def test_sequential_names_state_dict_and_flattening():
     model.load_state_dict(state)  # loads into the flattened views
     for name, p in model.named_parameters():
         np.testing.assert_array_equal(p, before[name])
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(ValueError, match=r"missing keys \['0.weight'\]"):
         model.load_state_dict({k: v for k, v in state.items() if k != "0.weight"})
     with pytest.raises(ValueError, match=r"state_dict\['8.weight'\]"):  # a later layer's shape
         model.load_state_dict({**state, "0.weight": state["0.weight"] + 1, "8.weight": np.ones(3)})
@@ -171,8 +177,14 @@ def _torch_mlp(model, dtype):
         else:
             layers.append(torch.nn.Dropout(layer.p))
     ref = torch.nn.Sequential(*layers)
-    ref.load_state_dict({k: torch.as_tensor(v) for k, v in model.state_dict().items()})
+    ref.load_state_dict(_torch_state(model.state_dict()))
     return ref
+
+
+def _torch_state(state):
+    """A pyopt state dict for a torch model: tensors, without the Dropout layers' stream
+    positions (``*._extra_state``, which torch's Dropout does not keep)."""
+    return {k: torch.as_tensor(v) for k, v in state.items() if not k.endswith("._extra_state")}
 
 
 def _groups(names, params, wd, named):
@@ -268,15 +280,84 @@ def test_pyopt_train_console_script_reaches_97_percent(tmp_path):
     assert result["history"][-1]["lr"] == 0.0
 
 
-def test_pyopt_train_rejects_bad_options():
+def test_pyopt_train_rejects_bad_options(capsys):
     from pyopt.cli import main
 
     assert main(["train", "--epochs", "0"]) == 2
     assert main(["train", "--dropout", "1.0"]) == 2
     if "cuda" not in pyopt.backends():
         assert main(["train", "--device", "cuda"]) == 2  # says why CUDA is unusable
-    with pytest.raises(SystemExit):
-        main(["train", "--device", "tpu"])
+    too_many = numba.config.NUMBA_NUM_THREADS + 1
+    assert main(["train", "--threads", str(too_many)]) == 2
+    assert f"--threads must be 'auto' or 1 to {too_many - 1}" in capsys.readouterr().err
+    for bad in (["--device", "tpu"], ["--threads", "0"], ["--threads", "two"]):
+        with pytest.raises(SystemExit):
+            main(["train", *bad])
+    assert "--threads: must be 'auto' or a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "cores, load, threads",
+    [(2, 0.0, 1), (2, 1.9, 1), (1, 0.0, 1), (4, 0.0, 2), (4, 0.5, 1), (64, 3.0, 2), (64, 63.5, 1)],
+)
+def test_pick_threads_from_cores_and_load(monkeypatch, cores, load, threads):
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_train.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(_train.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
+    assert pick_threads() == (threads, f"{cores} cores, load {load:.1f}")
+    assert pick_threads(3) == (3, "--threads")  # asked for: as asked
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    assert pick_threads()[0] == 1  # never more than Numba may run
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    assert pick_threads() == (1, "NUMBA_NUM_THREADS=1")
+
+
+def test_train_runs_with_the_chosen_threads_and_restores_numbas(monkeypatch):
+    seen = []
+    monkeypatch.setattr(_train, "_train", lambda *args: seen.append(numba.get_num_threads()))
+    before = numba.get_num_threads()
+    log = io.StringIO()
+    _train.train(TrainConfig(threads=1), log=log)
+    assert seen == [1] and numba.get_num_threads() == before
+    assert log.getvalue() == "threads: 1 (--threads; --threads to override)\n"
+
+
+def test_pyopt_train_piped_says_what_compiles_before_the_first_epoch(tmp_path):
+    """stderr a pipe (merged into stdout, which the epochs flush): the thread choice first,
+    then a line naming the kernels about to compile (or load), then what they did, all
+    before the first epoch's line; the JSON records the threads and the first step."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyopt", "train", "--device", "cpu", "--epochs", "1",
+         "--hidden", "16", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    kernels = "pyopt's CPU kernels for dropout and init, batch norm, optimizers"
+    assert re.fullmatch(r"threads: \d+ \(.*; --threads to override\)", lines[0])
+    assert re.fullmatch(
+        rf"(compiling|loading|compiling or loading from cache) {kernels}( .*)?", lines[1]
+    ), lines
+    assert re.fullmatch(
+        rf"{kernels}: \d+ kernels compiled, \d+ loaded from cache "
+        r"\(the model build and first step took \d+\.\d s\)",
+        lines[2],
+    )
+    assert lines[3].startswith("epoch   1/1") and lines[4].startswith("test accuracy")
+    assert "\r" not in proc.stdout  # no bar off a terminal
+    result = json.loads(out.read_text())
+    assert result["threads"] == int(lines[0].split()[1]) >= 1
+    assert 0 < result["first_step_s"] < result["seconds"]
+
+    quiet = subprocess.run(
+        [sys.executable, "-m", "pyopt", "train", "--device", "cpu", "--epochs", "1",
+         "--hidden", "16", "--no-progress", "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert quiet.returncode == 0 and quiet.stderr == ""  # --no-progress: results alone
+    assert quiet.stdout.startswith("threads: 1 (--threads; --threads to override)\n")
 
 
 @pytest.mark.sim
