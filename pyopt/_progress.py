@@ -292,7 +292,7 @@ class KernelLoad:
             return f"compiling {self._what()} (first use on this machine; cached for later runs)"
         if state == "warm":
             return f"loading {self._what()} from the Numba cache (compiled on an earlier run)"
-        return f"compiling or loading from cache {self._what()}"
+        return f"compiling or loading {self._what()} (some are in the Numba cache)"
 
     def counts(self) -> tuple[int, int]:
         """``(compiled, loaded from cache)``: CPU kernels, since construction or :meth:`before`."""
@@ -306,7 +306,7 @@ class KernelLoad:
         if self.backend != "cpu":
             return f"{self._what()}: ready ({took})"
         compiled, loaded = self.counts()
-        return f"{self._what()}: {compiled} kernels compiled, {loaded} loaded from cache ({took})"
+        return f"{self._what()}: {compiled} compiled, {loaded} loaded from the Numba cache ({took})"
 
 
 def _has_cache_entry(dispatcher: Any) -> bool:
