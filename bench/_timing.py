@@ -64,13 +64,16 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     return {"p20": float(p20), "p50": float(p50), "p80": float(p80)}
 
 
-@njit(parallel=True, cache=True)
+# Not cached: from a checkout this module is both ``bench._timing`` (``python -m bench``)
+# and ``pyopt.bench._timing`` (``pyopt bench``), and Numba's cache, keyed by file, would
+# hand one the other's entry, which names the other module and fails to load.
+@njit(parallel=True)
 def _scale_copy(a, b):  # b = 3 * a: one read and one write stream
     for i in prange(a.size):
         b[i] = 3.0 * a[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _triad(a, b, c):  # c = a + 3 * b: two read streams and one write stream
     for i in prange(a.size):
         c[i] = a[i] + 3.0 * b[i]

@@ -855,7 +855,7 @@ def _optim_torch(
     return _rotating(make, rotate)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)  # not cached: see bench/_timing.py's probe kernels
 def _adam_traffic(param, grad, exp_avg, exp_avg_sq):
     """Adam's memory traffic with one add per array: read p, g, m, v; write p, m, v."""
     for i in prange(param.size):
