@@ -193,9 +193,10 @@ class CpuCall:
     def check_inplace(self, name: str, arr: np.ndarray) -> None:
         """ValueError unless ``arr`` can be updated in place: writeable, and no two of its
         elements share memory (a zero stride, as torch refuses)."""
-        if not arr.flags.writeable:
+        flags = arr.flags
+        if not flags.writeable:
             raise ValueError(f"{name} is updated in place but is read-only")
-        if _may_self_overlap(arr.shape, arr.strides, arr.itemsize):
+        if not flags.forc and _may_self_overlap(arr.shape, arr.strides, arr.itemsize):
             raise ValueError(
                 f"{name} is updated in place but more than one of its elements refers to a "
                 f"single memory location (strides {arr.strides}); pass a copy"

@@ -104,17 +104,24 @@ def check_disjoint(named: Iterable[tuple[str, Any]]) -> None:
     state list aliasing the params, would be updated twice in one call. Decided from
     address spans, so two interleaved strided views count as sharing.
     """
-    spans = sorted((*_byte_span(arr), name) for name, arr in named)
-    end, last = 0, None
-    for lo, hi, name in spans:
-        if lo == hi:
-            continue
-        if lo < end:
-            raise ValueError(
-                f"{name} shares memory with {last}; arrays updated in place must not overlap"
-            )
-        if hi > end:
-            end, last = hi, name
+    pairs = list(named)
+    if len(pairs) < 2:
+        return
+    names, arrays = zip(*pairs, strict=True)
+    spans = np.array([_byte_span(arr) for arr in arrays], dtype=np.int64)
+    spans = spans[spans[:, 0] < spans[:, 1]]  # empty arrays share nothing
+    order = np.argsort(spans[:, 0], kind="stable")
+    lo, hi = spans[order, 0], spans[order, 1]
+    reach = np.maximum.accumulate(hi)  # the furthest address of the spans before each
+    clash = np.flatnonzero(lo[1:] < reach[:-1])
+    if clash.size:
+        k = clash[0] + 1
+        first = int(np.flatnonzero(hi[:k] > lo[k])[0])
+        kept = [n for n, (a, b) in zip(names, map(_byte_span, arrays), strict=True) if a < b]
+        raise ValueError(
+            f"{kept[order[k]]} shares memory with {kept[order[first]]}; arrays updated in "
+            "place must not overlap"
+        )
 
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
