@@ -93,6 +93,17 @@ def is_array(obj: Any) -> bool:
     return isinstance(obj, np.ndarray) or is_cuda_array(obj)
 
 
+def is_torch(obj: Any) -> bool:
+    """True for torch objects (tensors, dtypes), recognised without importing torch."""
+    return type(obj).__module__.split(".")[0] == "torch"
+
+
+def host_value(value: Any) -> Any:
+    """A NumPy copy of a torch tensor or a device array (a saved state entry); anything
+    else (NumPy arrays, numbers, lists) as it is, for the caller to check."""
+    return to_numpy(value) if is_torch(value) or is_cuda_array(value) else value
+
+
 def type_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
@@ -119,7 +130,7 @@ def backend_of(arrays: Iterable[tuple[str, Any]], optional: Iterable[str] = ()) 
             kind = "cuda"
         else:
             hint = ""
-            if type(arr).__module__.split(".")[0] == "torch":
+            if is_torch(arr):
                 hint = " (a torch CPU tensor: pass tensor.numpy(), a zero-copy view)"
             raise TypeError(
                 f"{name} must be a NumPy array or a CUDA array (CuPy, Numba device array, "
@@ -337,7 +348,7 @@ def to_numpy(arr: Any) -> np.ndarray:
     """A NumPy copy of a host or device array."""
     if isinstance(arr, np.ndarray):
         return arr.copy()
-    if type(arr).__module__.split(".")[0] == "torch":
+    if is_torch(arr):
         return arr.detach().cpu().numpy().copy()
     if hasattr(arr, "get") and type(arr).__module__.split(".")[0] == "cupy":
         return arr.get()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import backend_of, call_for, is_array, kernels_for
+from pyopt._backend import backend_of, call_for, is_array, is_torch, kernels_for
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -24,7 +24,7 @@ def _grad_list(grads: Any) -> list[Any]:
     (a list, a generator such as ``(p.grad for p in ...)``)."""
     if grads is None:
         return []
-    if is_array(grads) or type(grads).__module__.split(".")[0] == "torch":
+    if is_array(grads) or is_torch(grads):
         items = [grads]  # checked (and a torch CPU tensor refused) by backend_of
     elif isinstance(grads, Mapping):
         items = list(grads.values())

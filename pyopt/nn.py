@@ -26,6 +26,7 @@ from pyopt._backend import (
     copy_into,
     device_full,
     dtype_of,
+    host_value,
     is_cuda_array,
     resolve_device,
     to_numpy,
@@ -156,16 +157,10 @@ def _validated(
     values = {}
     for key, (shape, dtype) in specs.items():
         where = f"state_dict[{key!r}]"
-        value = _checks.numeric_host_array(where, _host_copy(state[key]), dtype)
+        value = _checks.numeric_host_array(where, host_value(state[key]), dtype)
         _checks.shape_is(where, value, shape, "as saved by this layer")
         values[key] = value
     return values
-
-
-def _host_copy(value: Any) -> Any:
-    if type(value).__module__.split(".")[0] == "torch" or is_cuda_array(value):
-        return to_numpy(value)
-    return value
 
 
 def _array_arg(name: str, x: Any) -> None:

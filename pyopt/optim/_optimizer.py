@@ -14,7 +14,9 @@ from pyopt._backend import (
     call_for,
     copy_into,
     dtype_of,
+    host_value,
     is_array,
+    is_torch,
     to_numpy,
     type_name,
 )
@@ -86,7 +88,7 @@ class Optimizer:
         self._params: list[Any] = []
         self._states: list[_GroupState] = []
         self._backend: str | None = None
-        if is_array(params) or type(params).__module__.split(".")[0] == "torch":
+        if is_array(params) or is_torch(params):
             raise TypeError(
                 "params must be an iterable of arrays, a dict name -> array or a list of "
                 f"param groups, got a single array ({type_name(params)}): pass [params]"
@@ -493,7 +495,9 @@ class Optimizer:
                     if name == "step":
                         continue
                     where = f"state_dict state[{i}][{name!r}]"
-                    arr = _checks.numeric_host_array(where, _host(entry[name]), dtype_of(params[i]))
+                    arr = _checks.numeric_host_array(
+                        where, host_value(entry[name]), dtype_of(params[i])
+                    )
                     _checks.shape_is(where, arr, tuple(params[i].shape), "the shape of its param")
                     arrays[name] = arr
                 absent = [name for name in names if name not in arrays]
@@ -530,7 +534,7 @@ class Optimizer:
 def _step_count(value: Any, where: str) -> int:
     """A saved step count: an int, or an integer-valued float or 0-d array (torch saves
     ``tensor(3.)``), >= 0."""
-    if type(value).__module__.split(".")[0] == "torch" or isinstance(value, np.ndarray):
+    if is_torch(value) or isinstance(value, np.ndarray):
         value = value.item() if math.prod(tuple(value.shape)) == 1 else value
     if isinstance(value, float | np.floating) and float(value).is_integer():
         value = int(value)
@@ -539,13 +543,6 @@ def _step_count(value: Any, where: str) -> int:
     if value < 0:
         raise ValueError(f"{where} must be an int >= 0, got {value!r}")
     return int(value)
-
-
-def _host(value: Any) -> Any:
-    """A torch CPU tensor as a NumPy array (a saved torch state); anything else as is."""
-    if type(value).__module__.split(".")[0] == "torch":
-        return value.detach().cpu().numpy()
-    return value
 
 
 def _plain(value: Any) -> Any:
