@@ -53,7 +53,8 @@ class SGD(Optimizer):
         }
         super().__init__(params, defaults)
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+    @staticmethod
+    def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _saved_step(self, entry: Mapping[str, Any], where: str) -> int:
@@ -68,7 +69,8 @@ class SGD(Optimizer):
         super()._allocate(gi, name)
         self._states[gi].steps[:] = 0
 
-    def _update(self, group, params, grads, state, steps, grad_scale):
+    @staticmethod
+    def _update(group, params, grads, state, steps, grad_scale):
         F.sgd_(
             params,
             grads,
@@ -124,11 +126,13 @@ class Adam(Optimizer):
         }
         super().__init__(params, defaults)
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+    @staticmethod
+    def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         names = ("exp_avg", "exp_avg_sq")
         return (*names, "max_exp_avg_sq") if group["amsgrad"] else names
 
-    def _update(self, group, params, grads, state, steps, grad_scale):
+    @staticmethod
+    def _update(group, params, grads, state, steps, grad_scale):
         beta1, beta2 = group["betas"]
         F.adam_(
             params,
@@ -216,16 +220,19 @@ class Adagrad(Optimizer):
     def _init_group_state(self, gi: int) -> None:
         self._ensure_state(gi)
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+    @staticmethod
+    def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         return ("sum",)
 
-    def _initial_value(self, name: str, group: dict[str, Any]) -> float:
+    @staticmethod
+    def _initial_value(name: str, group: dict[str, Any]) -> float:
         return float(group["initial_accumulator_value"])
 
     def _has_state(self, gi: int, k: int) -> bool:
         return True
 
-    def _update(self, group, params, grads, state, steps, grad_scale):
+    @staticmethod
+    def _update(group, params, grads, state, steps, grad_scale):
         F.adagrad_(
             params,
             grads,
@@ -273,7 +280,8 @@ class RMSprop(Optimizer):
         }
         super().__init__(params, defaults)
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+    @staticmethod
+    def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         names = ["square_avg"]
         if group["momentum"] > 0:
             names.append("momentum_buffer")
@@ -281,7 +289,8 @@ class RMSprop(Optimizer):
             names.append("grad_avg")
         return tuple(names)
 
-    def _update(self, group, params, grads, state, steps, grad_scale):
+    @staticmethod
+    def _update(group, params, grads, state, steps, grad_scale):
         F.rmsprop_(
             params,
             grads,
@@ -328,10 +337,12 @@ class Adadelta(Optimizer):
         }
         super().__init__(params, defaults)
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+    @staticmethod
+    def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         return ("square_avg", "acc_delta")
 
-    def _update(self, group, params, grads, state, steps, grad_scale):
+    @staticmethod
+    def _update(group, params, grads, state, steps, grad_scale):
         F.adadelta_(
             params,
             grads,

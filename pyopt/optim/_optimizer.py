@@ -198,16 +198,21 @@ class Optimizer:
         check_hyperparameters(self._rule, group, lr_sign=lr_sign)
 
     # --- per-rule hooks ---------------------------------------------------------------
+    # Static: they depend on the group's hyperparameters only, and pyopt.torch.optim's
+    # optimizers call the same hooks on torch's param groups.
 
-    def _state_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+    @staticmethod
+    def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         """The state tensors this group's hyperparameters use."""
         raise NotImplementedError
 
-    def _initial_value(self, name: str, group: dict[str, Any]) -> float:
+    @staticmethod
+    def _initial_value(name: str, group: dict[str, Any]) -> float:
+        """The value state tensor ``name`` starts from (0 unless the rule says)."""
         return 0.0
 
+    @staticmethod
     def _update(
-        self,
         group: dict[str, Any],
         params: list[Any],
         grads: list[Any],
