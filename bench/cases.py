@@ -1,11 +1,18 @@
 """Benchmark cases: what ``pyopt bench`` times, one ``Case`` per (op, shape, backend).
 
 Each case has the providers of ``PROVIDERS`` that apply to it: the first three in every
-case, the others only in the full run (``--quick`` keeps to the first three). Optimizer
+case (pyopt and torch alone in the ``torch`` family, which has no array reference), the
+others only in the full run (``--quick`` keeps to the first three). Optimizer
 steps are also timed with global-norm clipping (shape ``<model> +clip``): pyopt's
 ``step(grads, max_grad_norm=1.0)`` (the norm, then the update with the clip coefficient
 fused in) against the reference's and torch's ``clip_grad_norm_`` followed by the step;
 their ``min_bytes`` add one read of the grads.
+
+The ``torch`` family times :mod:`pyopt.torch.optim` inside a torch training loop: a step
+over ResNet-50's params created as separate ``torch.nn.Parameter`` tensors (pyopt's
+optimizer moves them into flat buffers at construction), against ``torch.optim`` in the
+rule's mode and, in the full run, its other mode; pyopt's first step is checked against
+torch's.
 """
 
 from __future__ import annotations
@@ -68,17 +75,21 @@ PROVIDERS = {
     ),
     "torch-nograd": "the batch-norm forward under torch.no_grad (a baseline column)",
     "torch-single": "torch's CPU default for the optimizers: the single-tensor loop",
+    "torch-foreach": (
+        "torch.optim with foreach=True: the torch family's other column for fused rules"
+    ),
     "torch-native": "torch.native_dropout, which also returns the bool mask autograd keeps",
     "stream-floor": (
         "Adam on the flat buffer (CPU): a Numba loop with Adam's 28 B/param traffic and no "
         "arithmetic to speak of, the memory floor of the step"
     ),
 }
-FAMILIES = ("batchnorm", "optim", "dropout", "clip", "init")
+FAMILIES = ("batchnorm", "optim", "torch", "dropout", "clip", "init")
 # The kernel families (pyopt.kernels.<backend>.<name>) each benchmark family calls.
 KERNELS = {
     "batchnorm": ("batchnorm",),
     "optim": ("optim",),
+    "torch": ("optim",),
     "dropout": ("random",),
     "clip": ("clip",),
     "init": ("random",),
@@ -111,6 +122,9 @@ RULES: dict[str, tuple[str, dict, str, int]] = {
     "Adadelta": ("Adadelta", {"lr": 1.0}, "foreach", 28),
 }
 OPTIM_QUICK = ("Adam",)
+# A rule's torch mode in RULES -> the other mode the torch family's full run times beside it
+# (torch has no fused CPU kernel for the foreach rules).
+OTHER_TORCH_MODE = {"fused": "foreach", "foreach": "single"}
 # The CPU/CUDA launcher each optimizer class's step calls (what pyopt-kernel replays).
 LAUNCHERS = {
     "Adam": "adam_update",
@@ -158,6 +172,7 @@ def cases(
     builders = {
         "batchnorm": _batchnorm_cases,
         "optim": _optim_cases,
+        "torch": _torch_optim_cases,
         "dropout": _dropout_cases,
         "clip": _clip_cases,
         "init": _init_cases,
@@ -187,11 +202,28 @@ def _case(
     ``setup(rotate, backend=backend, dtype=dtype, **args)``."""
     array_lib = "numpy" if backend == "cpu" else "cupy"
     named = dict(zip(("pyopt", array_lib, "torch"), setups, strict=True)) | (extra or {})
+    baselines = (array_lib, "torch", *extra_baselines)
+    return _named_case(family, op, label, backend, dtype, min_bytes, named, baselines, **args)
+
+
+def _named_case(
+    family: str,
+    op: str,
+    label: str,
+    backend: str,
+    dtype: np.dtype,
+    min_bytes: int,
+    named: dict[str, Callable[..., Callable[[], object]]],
+    baselines: tuple[str, ...],
+    **args: object,
+) -> Case:
+    """A case with the providers ``named`` (name -> setup), each called as
+    ``setup(rotate, backend=backend, dtype=dtype, **args)``, and speedups over
+    ``baselines``."""
     providers = {
         name: functools.partial(setup, backend=backend, dtype=dtype, **args)
         for name, setup in named.items()
     }
-    baselines = (array_lib, "torch", *extra_baselines)
     return Case(family, op, label, dtype.name, backend, min_bytes, providers, baselines)
 
 
@@ -264,16 +296,17 @@ def _rotating(
     return lambda: following()()
 
 
-def _check(what: str, ours: Any, reference: Any, tol: float) -> None:
-    """Raise ``AssertionError`` unless ``ours`` is within ``tol`` of ``reference``,
-    relative to the larger of 1 and the reference's largest magnitude."""
+def _check(
+    what: str, ours: Any, reference: Any, tol: float, against: str = "the array reference"
+) -> None:
+    """Raise ``AssertionError`` unless ``ours`` is within ``tol`` of ``reference`` (what
+    ``against`` names), relative to the larger of 1 and the reference's largest magnitude."""
     ours, reference = _host(ours), _host(reference)
     scale = max(1.0, float(np.max(np.abs(reference), initial=0.0)))
     err = float(np.max(np.abs(ours - reference), initial=0.0)) / scale
     if not err <= tol:
         raise AssertionError(
-            f"{what}: pyopt differs from the array reference by {err:.1e} (relative), "
-            f"more than {tol:.0e}"
+            f"{what}: pyopt differs from {against} by {err:.1e} (relative), more than {tol:.0e}"
         )
 
 
@@ -853,6 +886,63 @@ def _optim_torch(
         return step
 
     return _rotating(make, rotate)
+
+
+def _torch_optim_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
+    """Each rule's step over ResNet-50's params as separate ``torch.nn.Parameter`` tensors:
+    pyopt.torch.optim against torch.optim in the rule's mode (RULES) and, in the full run,
+    in its other mode (``OTHER_TORCH_MODE``)."""
+    shapes = RESNET50_PARAM_SHAPES
+    out = []
+    for rule in OPTIM_QUICK if quick else RULES:
+        named = {"pyopt": _torch_optim_pyopt, "torch": _optim_torch}
+        if not quick:
+            other = OTHER_TORCH_MODE[RULES[rule][2]]
+            named[f"torch-{other}"] = functools.partial(_optim_torch, mode=other)
+        min_bytes = RULES[rule][3] * dtype.itemsize // 4 * n_params(shapes)
+        baselines = tuple(name for name in named if name != "pyopt")
+        out.append(
+            _named_case("torch", step_op(rule), "resnet50 nn.Parameter", backend, dtype,
+                        min_bytes, named, baselines, rule=rule, shapes=shapes)
+        )  # fmt: skip
+    return out
+
+
+def _torch_optim_pyopt(
+    rotate: int, *, backend: str, dtype: np.dtype, rule: str, shapes: dict
+) -> Callable:
+    torch = _torch(backend)
+    import pyopt.torch.optim
+
+    cls, hp, _, _ = RULES[rule]
+    p_host, g_host = _optim_inputs(shapes, dtype)
+
+    def make():
+        params = _torch_params(torch, shapes, g_host, backend, p_host)
+        grads = [p.grad for p in params]
+        opt = getattr(pyopt.torch.optim, cls)(params, **hp)
+        # A training loop's zero_grad points every p.grad at the flat grad buffer, and its
+        # backward accumulates into those views: the grads the step reads are flat.
+        opt.zero_grad(set_to_none=False)
+        for p, grad in zip(params, grads, strict=True):
+            p.grad.copy_(grad)
+
+        def step():
+            opt.step()
+            return params
+
+        return step
+
+    def check(params):
+        reference = _torch_params(torch, shapes, g_host, backend, p_host)
+        _torch_optimizer(torch, rule, reference).step()
+
+        def flat(tensors):
+            return torch.cat([t.detach().reshape(-1) for t in tensors]).cpu().numpy()
+
+        _check(f"{rule} step", flat(params), flat(reference), 1e-5, "torch.optim's")
+
+    return _rotating(make, rotate, check)
 
 
 @njit(parallel=True)  # not cached: see bench/_timing.py's probe kernels

@@ -1,10 +1,17 @@
 """``pyopt train``: an MLP trained end to end on scikit-learn's bundled digits dataset.
 
-Everything a from-scratch training loop needs, from pyopt alone: ``Linear -> BatchNorm ->
-ReLU -> Dropout`` blocks with He init, the parameters flattened into one
-:class:`~pyopt.optim.ParamBuffer`, AdamW (weight decay on the Linear weights only) with
-fused global-norm clipping, a linear-warmup + cosine schedule stepped per batch, and
-evaluation with the BatchNorm running statistics.
+Everything a from-scratch training loop needs: ``Linear -> BatchNorm -> ReLU -> Dropout``
+blocks with He init, AdamW (weight decay on the Linear weights only) with fused
+global-norm clipping, a linear-warmup + cosine schedule stepped per batch, and evaluation
+with the BatchNorm running statistics. Two frameworks run the same loop (:func:`train`):
+
+- ``pyopt`` (the default): pyopt alone, its layers with their explicit backward, the
+  parameters flattened into one :class:`~pyopt.optim.ParamBuffer`, pyopt's
+  ``lr_scheduler``;
+- ``torch``: a torch training loop, ``torch.nn.Linear`` and ``ReLU`` beside
+  :mod:`pyopt.torch.nn`'s ``BatchNorm1d`` and ``Dropout``, torch autograd,
+  :class:`pyopt.torch.optim.AdamW` (``step(max_grad_norm=...)``) and torch's own
+  ``torch.optim.lr_scheduler``.
 
 Thread settings: the kernels of this small model (a batch of 64 x 256 features) are too
 small to gain from threads: a parallel region's start and the wait at its end cost as
@@ -20,10 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
+from types import SimpleNamespace
 from typing import Any, TextIO
 
 import numba
@@ -32,8 +42,9 @@ import numpy as np
 from pyopt import _random, init, nn
 from pyopt._backend import cuda_unavailable_reason, resolve_device
 from pyopt._progress import KernelLoad, Progress
-from pyopt.optim import AdamW
-from pyopt.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from pyopt.optim import AdamW, lr_scheduler
+
+FRAMEWORKS = ("pyopt", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int | None = None  # Numba threads; None: pick_threads decides
+    framework: str = "pyopt"  # one of FRAMEWORKS
 
 
 @dataclasses.dataclass
@@ -98,14 +110,72 @@ def load_digits_split(test_size: float, seed: int) -> tuple[np.ndarray, ...]:
     return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
 
 
-def pick_device(device: str) -> str:
-    """``cpu`` or ``cuda`` for ``--device``; ``auto`` takes CUDA only with CuPy installed."""
-    if device == "auto":
-        import importlib.util
+def require_framework(framework: str) -> None:
+    """Check that ``--framework`` can run here.
 
-        usable = cuda_unavailable_reason() is None and importlib.util.find_spec("cupy")
-        return "cuda" if usable else "cpu"
-    return resolve_device(device)
+    Raises:
+        ValueError: not one of ``FRAMEWORKS``.
+        RuntimeError: ``torch`` without PyTorch installed (saying which extra installs it).
+    """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"--framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if framework == "torch" and importlib.util.find_spec("torch") is None:
+        raise RuntimeError(
+            "--framework torch needs PyTorch, which is not installed "
+            "(pip install pyopt-kernels[torch])"
+        )
+
+
+def pick_device(device: str, framework: str = "pyopt") -> str:
+    """``cpu`` or ``cuda`` for ``--device``; ``auto`` takes CUDA only where the framework's
+    arrays can live there (CuPy installed; with ``torch``, torch built with CUDA).
+
+    Raises:
+        RuntimeError: ``cuda`` asked for where it is unusable, saying what is missing.
+    """
+    if device == "auto":
+        if cuda_unavailable_reason() is not None:
+            return "cpu"
+        if framework == "torch":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if importlib.util.find_spec("cupy") else "cpu"
+    device = resolve_device(device)
+    if device == "cuda" and framework == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--framework torch: torch {torch.__version__} cannot use CUDA")
+    return device
+
+
+def _layers(framework: str) -> SimpleNamespace:
+    """The MLP's building blocks in ``framework``: its dtype for a NumPy one, its layer
+    classes, ``Sequential`` and ``kaiming_normal_``, with the same signatures in both."""
+    if framework == "pyopt":
+        return SimpleNamespace(
+            dtype=np.dtype,
+            Linear=nn.Linear,
+            BatchNorm1d=nn.BatchNorm1d,
+            ReLU=nn.ReLU,
+            Dropout=nn.Dropout,
+            Sequential=nn.Sequential,
+            kaiming_normal_=init.kaiming_normal_,
+        )
+    import torch
+
+    import pyopt.torch.nn
+
+    return SimpleNamespace(
+        dtype=lambda dtype: getattr(torch, np.dtype(dtype).name),
+        Linear=torch.nn.Linear,
+        BatchNorm1d=pyopt.torch.nn.BatchNorm1d,
+        ReLU=torch.nn.ReLU,
+        Dropout=pyopt.torch.nn.Dropout,
+        Sequential=torch.nn.Sequential,
+        kaiming_normal_=torch.nn.init.kaiming_normal_,
+    )
 
 
 def build_mlp(
@@ -116,27 +186,66 @@ def build_mlp(
     *,
     dtype: Any,
     device: str,
-) -> nn.Sequential:
+    framework: str = "pyopt",
+) -> Any:
     """``[Linear -> BatchNorm1d -> ReLU -> Dropout] * len(hidden) -> Linear``, He init.
 
     The hidden Linear layers have no bias (the BatchNorm shift after them is the bias);
     their weights are He-normal (``kaiming_normal_``, ReLU gain, fan_in). The last layer
     keeps torch's default init.
+
+    Args:
+        in_features, hidden, classes, dropout: the input width, the hidden widths, the
+            output width and the dropout probability.
+        dtype: the parameters' dtype, float32 or float64 (a NumPy dtype or its name).
+        device: ``"cpu"`` or ``"cuda"``.
+        framework: ``"pyopt"``: a :class:`pyopt.nn.Sequential` of pyopt's layers;
+            ``"torch"``: a ``torch.nn.Sequential`` of torch's ``Linear`` and ``ReLU`` and
+            pyopt.torch's ``BatchNorm1d`` and ``Dropout``.
+
+    Returns:
+        The model, in training mode.
     """
-    layers: list[nn.Module] = []
+    blocks = _layers(framework)
+    dtype = blocks.dtype(dtype)
+    layers: list[Any] = []
     width = in_features
     for h in hidden:
-        linear = nn.Linear(width, h, bias=False, dtype=dtype, device=device)
-        init.kaiming_normal_(linear.weight, nonlinearity="relu")
+        linear = blocks.Linear(width, h, bias=False, dtype=dtype, device=device)
+        blocks.kaiming_normal_(linear.weight, nonlinearity="relu")
         layers += [
             linear,
-            nn.BatchNorm1d(h, dtype=dtype, device=device),
-            nn.ReLU(),
-            nn.Dropout(dropout),
+            blocks.BatchNorm1d(h, dtype=dtype, device=device),
+            blocks.ReLU(),
+            blocks.Dropout(dropout),
         ]
         width = h
-    layers.append(nn.Linear(width, classes, dtype=dtype, device=device))
-    return nn.Sequential(*layers)
+    layers.append(blocks.Linear(width, classes, dtype=dtype, device=device))
+    return blocks.Sequential(*layers)
+
+
+def param_groups(
+    params: Mapping[str, Any], weight_decay: float, collect: Callable[[Iterable], Any] = dict
+) -> list[dict[str, Any]]:
+    """AdamW's param groups: ``weight_decay`` on the Linear weights (the 2-D ``*weight``
+    params), none on the rest (BatchNorm's affine params, the last layer's bias).
+
+    Args:
+        params: name -> param, in the model's order.
+        weight_decay: the first group's decay.
+        collect: makes a group's ``"params"`` from its ``(name, param)`` pairs: ``dict``
+            (pyopt's named params), ``list`` (torch's named params).
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest,
+        "weight_decay": 0.0}]``.
+    """
+    decay = [n for n, p in params.items() if n.endswith("weight") and p.ndim == 2]
+    rest = [n for n in params if n not in decay]
+    return [
+        {"params": collect((n, params[n]) for n in names), "weight_decay": wd}
+        for names, wd in ((decay, weight_decay), (rest, 0.0))
+    ]
 
 
 # pick_threads: free cores (cores minus the load) from which a second thread is used.
@@ -180,11 +289,16 @@ def train(
     """Train the digits MLP as ``config`` says; the thread choice and per-epoch lines go
     to ``log``, progress (a bar on a terminal, plain lines elsewhere) to ``progress``.
 
-    Meanwhile Numba runs ``pick_threads(config.threads)`` threads (restored after) and
-    NumPy's BLAS one: its idle threads spin after each matmul and starve Numba's kernel
-    threads (measured 30x slower steps on 2 cores), and these matmuls are too small to
-    gain from threads.
+    Meanwhile Numba runs ``pick_threads(config.threads)`` threads (restored after), and so
+    does torch's intra-op pool with ``--framework torch``, and NumPy's BLAS one: its idle
+    threads spin after each matmul and starve Numba's kernel threads (measured 30x slower
+    steps on 2 cores), and these matmuls are too small to gain from threads.
+
+    Raises:
+        RuntimeError: the framework or the device is unusable here (see
+            :func:`require_framework`, :func:`pick_device`).
     """
+    require_framework(config.framework)
     threads, reason = pick_threads(config.threads)
     if log is not None:
         log.write(f"threads: {threads} ({reason}; --threads to override)\n")
@@ -198,77 +312,154 @@ def train(
             stack.enter_context(threadpool_limits(1, user_api="blas"))
         stack.callback(numba.set_num_threads, numba.get_num_threads())
         numba.set_num_threads(threads)
+        if config.framework == "torch":
+            import torch
+
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(threads)
         bar = stack.enter_context(Progress(progress))
         return _train(config, log, bar, threads, reason)
+
+
+class _PyoptRun:
+    """The MLP on pyopt's own layers: NumPy (CuPy) arrays, an explicit backward, the
+    params in one :class:`~pyopt.optim.ParamBuffer`."""
+
+    lr_scheduler = lr_scheduler
+
+    def __init__(self, config: TrainConfig, device: str, split: tuple[np.ndarray, ...]):
+        self.xp: Any = np
+        if device == "cuda":
+            import cupy
+
+            self.xp = cupy
+        dtype = np.dtype(config.dtype)
+        x_train, y_train, x_test, y_test = split
+        self.x_train, self.x_test = (self.xp.asarray(a.astype(dtype)) for a in (x_train, x_test))
+        self.y_train, self.y_test = (self.xp.asarray(a.astype(np.int64)) for a in (y_train, y_test))
+        _random.manual_seed(config.seed)
+        self.model = build_mlp(
+            x_train.shape[1], config.hidden, 10, config.dropout, dtype=dtype, device=device
+        )
+        self.buf = self.model.flatten_parameters()
+        self.optimizer = AdamW(param_groups(self.buf.params, config.weight_decay), lr=config.lr)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.max_grad_norm = config.max_grad_norm
+
+    def step(self, idx: np.ndarray) -> tuple[float, int]:
+        """One optimizer step on the training samples ``idx``: ``(loss, correct)``."""
+        idx = self.xp.asarray(idx)
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        logits = self.model(xb)
+        loss = self.loss_fn(logits, yb)
+        self.model.backward(self.loss_fn.backward())
+        self.optimizer.step(self.buf.grads, max_grad_norm=self.max_grad_norm)
+        return float(loss), _correct(logits, yb)
+
+    def test_correct(self) -> int:
+        """Correct test predictions, in eval mode (the running statistics)."""
+        self.model.eval()
+        return _correct(self.model(self.x_test), self.y_test)
+
+
+class _TorchRun:
+    """The MLP as a torch training loop: torch modules with pyopt.torch's batch norm and
+    dropout, torch autograd, :class:`pyopt.torch.optim.AdamW` on torch tensors."""
+
+    def __init__(self, config: TrainConfig, device: str, split: tuple[np.ndarray, ...]):
+        import torch
+        import torch.optim.lr_scheduler
+
+        import pyopt.torch.optim
+
+        self.torch = torch
+        self.lr_scheduler = torch.optim.lr_scheduler
+        dtype = getattr(torch, config.dtype)
+        x_train, y_train, x_test, y_test = split
+        self.x_train, self.x_test = (
+            torch.as_tensor(a, dtype=dtype, device=device) for a in (x_train, x_test)
+        )
+        self.y_train, self.y_test = (
+            torch.as_tensor(a, dtype=torch.int64, device=device) for a in (y_train, y_test)
+        )
+        self.device = device
+        torch.manual_seed(config.seed)  # the init, and the dropout masks' seeds
+        self.model = build_mlp(
+            x_train.shape[1], config.hidden, 10, config.dropout, dtype=config.dtype,
+            device=device, framework="torch",
+        )  # fmt: skip
+        groups = param_groups(dict(self.model.named_parameters()), config.weight_decay, list)
+        self.optimizer = pyopt.torch.optim.AdamW(groups, lr=config.lr)
+        self.max_grad_norm = config.max_grad_norm
+
+    def step(self, idx: np.ndarray) -> tuple[float, int]:
+        """One optimizer step on the training samples ``idx``: ``(loss, correct)``."""
+        idx = self.torch.as_tensor(idx, device=self.device)
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        self.optimizer.zero_grad()
+        logits = self.model(xb)
+        loss = self.torch.nn.functional.cross_entropy(logits, yb)
+        loss.backward()
+        self.optimizer.step(max_grad_norm=self.max_grad_norm)
+        return loss.item(), _correct(logits, yb)
+
+    def test_correct(self) -> int:
+        """Correct test predictions, in eval mode (the running statistics)."""
+        self.model.eval()
+        with self.torch.no_grad():
+            return _correct(self.model(self.x_test), self.y_test)
+
+
+_RUNS = {"pyopt": _PyoptRun, "torch": _TorchRun}
 
 
 def _train(
     config: TrainConfig, log: TextIO | None, bar: Progress, threads: int, reason: str
 ) -> TrainResult:
     started = time.perf_counter()
-    device = pick_device(config.device)
-    dtype = np.dtype(config.dtype)
-    xp: Any = np
-    if device == "cuda":
-        import cupy
-
-        xp = cupy
+    device = pick_device(config.device, config.framework)
     bar.status("loading the digits dataset")
-    x_train, y_train, x_test, y_test = load_digits_split(config.test_size, config.seed)
-    x_train_d, x_test_d = (xp.asarray(a.astype(dtype)) for a in (x_train, x_test))
-    y_train_d, y_test_d = (xp.asarray(a.astype(np.int64)) for a in (y_train, y_test))
+    split = load_digits_split(config.test_size, config.seed)
+    n, test_count = split[0].shape[0], split[3].shape[0]
 
     # Init, batch norm, dropout and the optimizer step: their kernels compile (or load
     # from the cache) in the model build and the first step.
     load = KernelLoad(device, ("random", "batchnorm", "optim"))
     bar.note(load.before())
     first_started = time.perf_counter()
-    _random.manual_seed(config.seed)
-    model = build_mlp(
-        x_train.shape[1], config.hidden, 10, config.dropout, dtype=dtype, device=device
-    )
-    buf = model.flatten_parameters()
-    decay = [n for n, p in model.named_parameters() if n.endswith("weight") and p.ndim == 2]
-    groups = [
-        {"params": {n: buf.params[n] for n in decay}, "weight_decay": config.weight_decay},
-        {"params": {n: buf.params[n] for n in buf if n not in decay}, "weight_decay": 0.0},
-    ]
-    opt = AdamW(groups, lr=config.lr)
+    run = _RUNS[config.framework](config, device, split)
 
-    n = x_train.shape[0]
     batches = n // config.batch_size + (n % config.batch_size > 1)  # no batch of one for BN
     total_steps = config.epochs * batches
     warmup = min(max(1, round(config.warmup_epochs * batches)), total_steps - 1)
-    sched = SequentialLR(
+    schedules = run.lr_scheduler
+    opt = run.optimizer
+    sched = schedules.SequentialLR(
         opt,
         [
-            LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup),
-            CosineAnnealingLR(opt, T_max=total_steps - warmup),
+            schedules.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup),
+            schedules.CosineAnnealingLR(opt, T_max=total_steps - warmup),
         ],
         milestones=[warmup],
     )
-    loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(config.seed)
     bar.total = total_steps
     first_step_s = None
     history = []
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
+        run.model.train()
         order = rng.permutation(n)
         losses, correct = [], 0
         for b in range(batches):
             if first_step_s is None:
                 bar.status(f"epoch {epoch}/{config.epochs} step 1/{batches}: first calls")
-            idx = xp.asarray(order[b * config.batch_size : (b + 1) * config.batch_size])
-            xb, yb = x_train_d[idx], y_train_d[idx]
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            model.backward(loss_fn.backward())
-            opt.step(buf.grads, max_grad_norm=config.max_grad_norm)
+            loss, batch_correct = run.step(
+                order[b * config.batch_size : (b + 1) * config.batch_size]
+            )
             sched.step()
             losses.append(loss)
-            correct += int((logits.argmax(axis=1) == yb).sum())
+            correct += batch_correct
             if first_step_s is None:
                 first_step_s = time.perf_counter() - first_started
                 bar.note(load.after("the model build and first step"))
@@ -278,12 +469,12 @@ def _train(
                 f"loss {float(np.mean(losses)):.4f}"
             )
         bar.status(f"epoch {epoch}/{config.epochs}: evaluating")
-        test_correct = _correct(model, x_test_d, y_test_d)
+        test_correct = run.test_correct()
         stats = EpochStats(
             epoch=epoch,
             loss=float(np.mean(losses)),
             train_accuracy=correct / min(n, batches * config.batch_size),
-            test_accuracy=test_correct / len(y_test),
+            test_accuracy=test_correct / test_count,
             lr=float(sched.get_last_lr()[0]),
             seconds=time.perf_counter() - t0,
         )
@@ -297,14 +488,14 @@ def _train(
                     f"{stats.seconds:.2f} s\n"
                 )
                 log.flush()
-    test_correct = _correct(model, x_test_d, y_test_d)
+    test_correct = run.test_correct()
     return TrainResult(
         config=config,
         device=device,
         history=history,
-        test_accuracy=test_correct / len(y_test),
+        test_accuracy=test_correct / test_count,
         test_correct=test_correct,
-        test_count=len(y_test),
+        test_count=test_count,
         seconds=time.perf_counter() - started,
         first_step_s=first_step_s or 0.0,
         threads=threads,
@@ -312,9 +503,10 @@ def _train(
     )
 
 
-def _correct(model: nn.Sequential, x: Any, y: Any) -> int:
-    model.eval()
-    return int((model(x).argmax(axis=1) == y).sum())
+def _correct(logits: Any, y: Any) -> int:
+    """How many rows of ``logits`` have their largest value at the class ``y`` names (an
+    array or a tensor)."""
+    return int((logits.argmax(axis=1) == y).sum())
 
 
 def check_config(config: TrainConfig) -> None:

@@ -413,8 +413,9 @@ def test_every_provider_of_the_full_run_sets_up_and_passes_its_check(tiny_shapes
     full = case_module.cases("cpu", False, {family})
     quick = case_module.cases("cpu", True, {family})
     assert quick and set(_providers(quick)) <= set(_providers(full))
+    main = ["pyopt", "torch"] if family == "torch" else ["pyopt", "numpy", "torch"]
     for providers in _providers(quick).values():
-        assert providers == ["pyopt", "numpy", "torch"]  # --quick: the main three alone
+        assert providers == main  # --quick: the main three alone (no array reference in torch)
     for case in full:
         runs, skipped, failed = suite.setup_providers(case, 2)
         assert (skipped, failed) == ({}, {}), (case.op, case.shape)
@@ -460,6 +461,56 @@ def test_full_run_providers_and_baselines_per_family(tiny_shapes):
     assert doubles["adam_step", "flat-16M"].dtype == "float64"
     with pytest.raises(ValueError, match="dtype"):
         case_module.cases("cpu", True, None, "float16")
+
+
+def test_torch_family_times_every_rule_against_both_torch_modes(tiny_shapes):
+    n = case_module.n_params(TINY_PARAMS)
+    full = {c.op: c for c in case_module.cases("cpu", False, {"torch"})}
+    assert list(full) == [case_module.step_op(r) for r in case_module.RULES]
+    for rule, (_, _, mode, per_param) in case_module.RULES.items():
+        case = full[case_module.step_op(rule)]
+        other = "torch-foreach" if mode == "fused" else "torch-single"
+        assert (case.family, case.shape) == ("torch", "resnet50 nn.Parameter")
+        assert list(case.providers) == ["pyopt", "torch", other]
+        assert case.baseline_order == ("torch", other)
+        assert case.min_bytes == per_param * n
+    (quick,) = case_module.cases("cpu", True, {"torch"})
+    assert quick.op == "adam_step" and quick.baseline_order == ("torch",)
+    assert case_module.KERNELS["torch"] == ("optim",)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_family_checks_pyopts_step_against_torchs(tiny_shapes, monkeypatch):
+    """The pyopt provider's first step is compared with torch.optim's: a torch optimizer
+    with twice the lr makes its setup fail, naming the rule."""
+    (case,) = case_module.cases("cpu", True, {"torch"})
+    runs, skipped, failed = suite.setup_providers(case, 1)
+    assert (skipped, failed) == ({}, {})
+    params = runs["pyopt"]()  # the flat views: each p.grad a view of one grad buffer
+    assert len({p.grad.untyped_storage().data_ptr() for p in params}) == 1
+    make = case_module._torch_optimizer
+
+    def doubled_lr(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        for group in opt.param_groups:
+            group["lr"] *= 2
+        return opt
+
+    monkeypatch.setattr(case_module, "_torch_optimizer", doubled_lr)
+    with pytest.raises(AssertionError, match=r"Adam step: pyopt differs from torch\.optim's"):
+        case.providers["pyopt"](1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_family_on_cuda_is_unavailable_without_a_gpu(tiny_shapes):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("torch can use CUDA here: the CUDA cases run")
+    for case in case_module.cases("cuda", False, {"torch"}):
+        runs, skipped, failed = suite.setup_providers(case, 1)
+        assert runs == {} and failed == {} and set(skipped) == set(case.providers)
+        assert all("cannot use CUDA" in reason for reason in skipped.values())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")

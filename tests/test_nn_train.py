@@ -1,9 +1,11 @@
 """Linear, ReLU, CrossEntropyLoss and Sequential against torch; flattened parameters; the
 digits MLP trained beside a torch model for 50 steps; the ``pyopt train`` console script,
-its progress lines and its thread choice."""
+its progress lines, its thread choice and its torch framework (``--framework torch``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -14,9 +16,9 @@ import sys
 import numba
 import numpy as np
 import pytest
-import reference
 
 import pyopt
+from pyopt import _reference as reference
 from pyopt import _train, nn
 from pyopt._train import TrainConfig, build_mlp, load_digits_split, pick_threads
 from pyopt.optim import AdamW
@@ -278,6 +280,89 @@ def test_pyopt_train_console_script_reaches_97_percent(tmp_path):
     # the loss went down and the schedule ended at zero (cosine to eta_min = 0)
     assert result["history"][-1]["loss"] < 0.1 * result["history"][0]["loss"]
     assert result["history"][-1]["lr"] == 0.0
+
+
+@pytest.mark.slow
+def test_pyopt_train_framework_torch_reaches_97_percent(tmp_path, capsys):
+    """``--framework torch``: the same MLP as torch modules with pyopt.torch's batch norm,
+    dropout and AdamW, torch autograd and torch's schedulers, the same output, JSON and
+    accuracy bar as the default framework."""
+    from pyopt.cli import main
+
+    out = tmp_path / "result.json"
+    argv = ["train", "--framework", "torch", "--device", "cpu", "--no-progress", "--threads",
+            "1", "--min-accuracy", "0.97", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["config"]["framework"] == "torch" and result["test_accuracy"] >= 0.97
+    assert set(result) == {f.name for f in dataclasses.fields(_train.TrainResult)}
+    lines = [line for line in stdout.splitlines() if line.startswith("epoch")]
+    assert len(lines) == len(result["history"]) == TrainConfig().epochs
+    assert f"test accuracy {100 * result['test_accuracy']:.2f}%" in stdout
+    assert result["history"][-1]["loss"] < 0.1 * result["history"][0]["loss"]
+    assert result["history"][-1]["lr"] == 0.0  # torch's CosineAnnealingLR, to eta_min = 0
+
+
+def test_torch_framework_builds_the_same_mlp_from_torch_modules():
+    import pyopt.torch.nn
+
+    pyopt.manual_seed(0)
+    ours = build_mlp(64, (32, 16), 10, 0.2, dtype=np.float64, device="cpu")
+    torch.manual_seed(0)
+    model = build_mlp(64, (32, 16), 10, 0.2, dtype="float64", device="cpu", framework="torch")
+    assert isinstance(model, torch.nn.Sequential)
+    assert [type(m) for m in model] == [
+        torch.nn.Linear, pyopt.torch.nn.BatchNorm1d, torch.nn.ReLU, pyopt.torch.nn.Dropout,
+    ] * 2 + [torch.nn.Linear]  # fmt: skip
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes == {n: p.shape for n, p in ours.named_parameters()}
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    weight = model[0].weight.detach().numpy()  # He-normal: std sqrt(2 / fan_in)
+    assert abs(weight.std() - np.sqrt(2 / 64)) < 0.1 * np.sqrt(2 / 64)
+    groups = _train.param_groups(dict(model.named_parameters()), 0.05, list)
+    assert [n for n, _ in groups[0]["params"]] == ["0.weight", "4.weight", "8.weight"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    named = _train.param_groups(dict(ours.named_parameters()), 0.05)
+    assert [list(g["params"]) for g in named] == [
+        [n for n, _ in g["params"]] for g in groups
+    ]  # pyopt's groups: the same names, as dicts
+
+
+def test_torch_framework_runs_with_the_chosen_threads_and_restores_torchs(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        _train,
+        "_train",
+        lambda *args: seen.append((numba.get_num_threads(), torch.get_num_threads())),
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _train.train(TrainConfig(threads=1, framework="torch"), log=None)
+        assert seen == [(1, 1)] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_pyopt_train_framework_torch_without_torch_names_the_extra(monkeypatch, capsys):
+    from pyopt.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "torch" else find_spec(name, *args),
+    )
+    assert main(["train", "--framework", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert "--framework torch needs PyTorch" in err and "pip install pyopt-kernels[torch]" in err
+    with pytest.raises(RuntimeError, match=r"pyopt-kernels\[torch\]"):
+        _train.train(TrainConfig(framework="torch"), log=None)
+    with pytest.raises(SystemExit):
+        main(["train", "--framework", "jax"])
+    with pytest.raises(ValueError, match="--framework must be one of pyopt, torch"):
+        _train.require_framework("jax")
 
 
 def test_pyopt_train_rejects_bad_options(capsys):
