@@ -1,7 +1,9 @@
 """The ``pyopt`` console script.
 
 pyopt bench [options]     time every kernel family against NumPy and torch (``-h``)
-pyopt train [options]     train an MLP on scikit-learn's digits (see ``pyopt train -h``)
+pyopt check [options]     check every kernel family against float64 references (``-h``)
+pyopt train [options]     train an MLP on scikit-learn's digits, on pyopt's own layers or as
+                          a torch training loop (see ``pyopt train -h``)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _threads(value: str) -> int | None:
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    from pyopt._train import TrainConfig
+    from pyopt._train import FRAMEWORKS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(
@@ -39,6 +41,16 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
             "digits (no download), printing per-epoch loss and accuracy."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        default=d.framework,
+        help=(
+            "pyopt: pyopt's own layers and optimizer; torch: torch modules and autograd with "
+            "pyopt.torch's BatchNorm1d, Dropout and AdamW, torch's lr_scheduler (needs the "
+            "'torch' extra)"
+        ),
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -75,7 +87,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from pyopt._train import TrainConfig, check_config, pick_device, train
+    from pyopt._train import TrainConfig, check_config, pick_device, require_framework, train
 
     config = TrainConfig(
         epochs=args.epochs,
@@ -91,10 +103,12 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
+        framework=args.framework,
     )
     try:
         check_config(config)
-        pick_device(config.device)
+        require_framework(config.framework)
+        pick_device(config.device, config.framework)
     except (ValueError, RuntimeError) as exc:
         print(f"pyopt train: error: {exc}", file=sys.stderr)
         return 2
@@ -128,10 +142,23 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=None)
 
 
+def _check_parser(sub: argparse._SubParsersAction) -> None:
+    from pyopt import _check
+
+    p = sub.add_parser(
+        "check",
+        help="check every kernel family on this machine against float64 references",
+        description=_check.__doc__.splitlines()[0],
+    )
+    _check.add_arguments(p)
+    p.set_defaults(run=_check.run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyopt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
+    _check_parser(sub)
     _train_parser(sub)
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":

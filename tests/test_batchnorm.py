@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-import reference
 from helpers import CUDASIM, TOL, assert_close, to_backend, to_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyopt
+from pyopt import _reference as reference
 from pyopt.functional import batch_norm, batch_norm_backward
 
 DTYPES = [np.float32, np.float64]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-import reference
 
+from pyopt import _reference as reference
 from pyopt.kernels import config
 from pyopt.kernels.cpu import batchnorm
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
 from helpers import CUDASIM, assert_close, cuda_skip_reason
+
+from pyopt import _reference as reference
 
 _reason = cuda_skip_reason()
 if _reason is not None:

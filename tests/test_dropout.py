@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
 from helpers import to_backend, to_host
 
 import pyopt
+from pyopt import _reference as reference
 from pyopt.functional import dropout, dropout_backward
 from pyopt.nn import Dropout
 

@@ -8,10 +8,10 @@ import warnings
 
 import numpy as np
 import pytest
-import reference
 from helpers import to_backend, to_host
 
 import pyopt
+from pyopt import _reference as reference
 from pyopt import init
 
 torch = pytest.importorskip("torch", reason="torch is needed for the gain/fan parity tests")

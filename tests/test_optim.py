@@ -7,10 +7,10 @@ import copy
 
 import numpy as np
 import pytest
-import reference
 from helpers import to_backend, to_host
 
 import pyopt
+from pyopt import _reference as reference
 from pyopt import optim
 from pyopt._backend import to_numpy
 
