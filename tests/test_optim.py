@@ -13,24 +13,12 @@ import pyopt
 from pyopt import _reference as reference
 from pyopt import optim
 from pyopt._backend import to_numpy
+from pyopt._check import OPTIMIZER_CASES
 
-# (class name, constructor kwargs): every flag of every rule at least once.
+# (class name, constructor kwargs): pyopt check's table, every flag of every rule at least
+# once (its grad_scale is an argument of step here, not of the constructor).
 CONFIGS = [
-    ("SGD", {"lr": 0.1}),
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True}),
-    ("Adam", {"lr": 0.01}),
-    ("Adam", {"lr": 0.01, "betas": (0.4, 0.9), "weight_decay": 0.1, "amsgrad": True}),
-    ("Adam", {"lr": 0.01, "maximize": True, "eps": 1e-3}),
-    ("AdamW", {"lr": 0.01}),
-    ("AdamW", {"lr": 0.01, "weight_decay": 0.5, "amsgrad": True, "maximize": True}),
-    ("Adagrad", {"lr": 0.1}),
-    ("Adagrad", {"lr": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.5, "maximize": True}),
-    ("RMSprop", {"lr": 0.01}),
-    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5, "weight_decay": 0.1}),
-    ("RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "maximize": True}),
-    ("Adadelta", {}),
-    ("Adadelta", {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1, "maximize": True}),
+    (name, {k: v for k, v in hp.items() if k != "grad_scale"}) for name, hp in OPTIMIZER_CASES
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 SHAPES = [(1,), (7,), (3, 11), (1023,), (1025,)]

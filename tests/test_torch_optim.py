@@ -12,24 +12,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="pyopt.torch needs torch (the extra 'torch')")
 
 import pyopt.torch.optim as popt  # noqa: E402
+from pyopt._check import OPTIMIZER_CASES  # noqa: E402
 from pyopt.kernels.cpu import optim as cpu_optim  # noqa: E402
 
-# (class name, hyperparameters): one row per rule and flag combination.
+# (class name, hyperparameters): pyopt check's table, every flag of every rule at least once
+# (its grad_scale, a loss scale, is GradScaler's business in torch).
 CONFIGS = [
-    ("SGD", {"lr": 0.1}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "maximize": True}),
-    ("Adam", {"lr": 0.01}),
-    ("Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1, "betas": (0.8, 0.99)}),
-    ("Adam", {"lr": 0.01, "maximize": True, "decoupled_weight_decay": True, "weight_decay": 0.1}),
-    ("AdamW", {"lr": 0.01}),
-    ("AdamW", {"lr": 0.01, "amsgrad": True}),
-    ("Adagrad", {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
-    ("Adagrad", {"lr": 0.1, "weight_decay": 0.1, "maximize": True}),
-    ("RMSprop", {"lr": 0.01}),
-    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.9, "weight_decay": 0.1}),
-    ("Adadelta", {"lr": 1.0}),
-    ("Adadelta", {"lr": 0.5, "rho": 0.8, "weight_decay": 0.1, "maximize": True}),
+    (name, {k: v for k, v in hp.items() if k != "grad_scale"}) for name, hp in OPTIMIZER_CASES
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 # Awkward sizes, and a conv weight for the channels_last layout.
@@ -180,7 +169,7 @@ def test_replaced_grad_and_data_fall_back_with_the_same_result(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "hp"),
-    [CONFIGS[2], CONFIGS[4], CONFIGS[8], CONFIGS[11]],
+    [CONFIGS[2], CONFIGS[4], CONFIGS[9], CONFIGS[11]],
     ids=["SGD", "Adam", "Adagrad", "RMSprop"],
 )
 @pytest.mark.parametrize("direction", ["pyopt-to-torch", "torch-to-pyopt"])
