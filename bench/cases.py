@@ -125,15 +125,6 @@ OPTIM_QUICK = ("Adam",)
 # A rule's torch mode in RULES -> the other mode the torch family's full run times beside it
 # (torch has no fused CPU kernel for the foreach rules).
 OTHER_TORCH_MODE = {"fused": "foreach", "foreach": "single"}
-# The CPU/CUDA launcher each optimizer class's step calls (what pyopt-kernel replays).
-LAUNCHERS = {
-    "Adam": "adam_update",
-    "AdamW": "adam_update",
-    "SGD": "sgd_update",
-    "Adagrad": "adagrad_update",
-    "RMSprop": "rmsprop_update",
-    "Adadelta": "adadelta_update",
-}
 MAX_GRAD_NORM = 1.0  # the +clip cases' max norm: far below the grads' (~0.01·√n), always scales
 DROPOUT_P = (0.1, 0.5)
 DROPOUT_2D = (4096, 1024)  # the full run's second dropout shape: 16 MiB, in the L3 here
@@ -794,7 +785,7 @@ def _optim_pyopt(
         _check(f"{rule} step{' +clip' if clip else ''}", data, expected, 1e-5)
 
     if kernel_only:
-        make = _kernel_only(make, backend, "optim", LAUNCHERS[cls])
+        make = _kernel_only(make, backend, "optim", "update")  # every rule's one launcher
     return _rotating(make, rotate, check)
 
 

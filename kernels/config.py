@@ -24,6 +24,10 @@ CUDA_MIN_CHUNK = 4096
 # threadIdx.y extent of the finalize kernels' (32, rows) blocks: partials merged in
 # parallel per channel.
 CUDA_FINALIZE_ROWS = 8
+# Elements per unit of the optimizer steps' segment tables: a block takes whole units, so
+# a 16 Mi-element step makes 2048 units, enough for every resident block of an H100, and
+# a unit is 16 trips of 256 threads loading 2 elements of each column.
+CUDA_OPTIM_CHUNK = 8192
 
 # --- CPU --------------------------------------------------------------------------
 
@@ -47,18 +51,21 @@ CPU_BLOCK = 65536
 # the threads (contiguous runs of units), and each unit branches once on the variant
 # flags before its vectorized loop. The steps run at the memory floor for any value from
 # 16 Ki to 8 Mi (Adam, 16 Mi float32 params, 2 threads); 64 Ki keeps units balanced.
+# Units cut the concatenated elements of a step's segment table, so they are equal
+# whatever the tensor sizes.
 CPU_OPTIM_CHUNK = 65536
-# Elements per grad_sumsq block (one float64 row of partial sums each). Fixed, so the
-# norm is the same whatever the thread count; 64 Ki float32 = 256 KiB per row (16 Mi
-# params: 256 rows for the host to add).
+# Elements per block of the norm reductions (kernels/cpu/clip.py: clipping, and an
+# optimizer step's clipping and inf/NaN check), one float64 row of partials each. Fixed,
+# so the norm is the same whatever the thread count; 64 Ki float32 = 256 KiB per row
+# (16 Mi params: 256 rows for the host to add).
 CPU_SUMSQ_BLOCK = 65536
 
 # --- CUDA optimizers --------------------------------------------------------------
 
-# The optimizer kernels (kernels/cuda/optim.py) use CUDA_THREADS-thread blocks and grid-
-# stride over at most CUDA_SM_COUNT * CUDA_BLOCKS_PER_SM of them; grad_sumsq writes one
-# partial row per block, so these also set how many rows it returns. At 28-64 registers
-# (float32; the gate reports them) 4-8 of these 256-thread blocks are resident per SM.
+# The optimizer kernels (kernels/cuda/optim.py) use CUDA_THREADS-thread blocks, at most
+# CUDA_SM_COUNT * CUDA_BLOCKS_PER_SM of them, each taking units of CUDA_OPTIM_CHUNK
+# elements in turn. At 40-80 registers (float32; the gate reports them) 3-6 of these
+# 256-thread blocks are resident per SM.
 
 # --- Random kernels (Philox4x32-10) -----------------------------------------------
 

@@ -116,13 +116,7 @@ def clip_grad_norm_(
     if prepared is None:
         return np.float32(0.0)
     call, pieces, kernels, dtype = prepared
-    host = _multi.block_partials(
-        call,
-        pieces,
-        kernels.norm_partials_blocks,
-        lambda flat, rows: kernels.norm_partials(flat, rows, p, **call.kernel_kwargs),
-    )
-    total = dtype.type(_combine(host, p))
+    total = dtype.type(_combine(_norm_partials(call, pieces, kernels, p), p))
     if error_if_nonfinite and not np.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
@@ -136,6 +130,32 @@ def clip_grad_norm_(
             call, pieces, lambda flat, t: kernels.scale_(flat, t(coef), **call.kernel_kwargs)
         )
     return total
+
+
+def _norm_partials(call: Any, pieces: list[Any], kernels: Any, p: float) -> np.ndarray:
+    """The host float64 per-block partials of the p-norm of ``pieces`` (one read)."""
+    return _multi.block_partials(
+        call,
+        pieces,
+        kernels.norm_partials_blocks,
+        lambda flat, rows: kernels.norm_partials(flat, rows, p, **call.kernel_kwargs),
+    )
+
+
+def grad_sumsq(grads: list[Any], backend: str) -> tuple[float, bool]:
+    """``(Σ g², all finite)`` over the non-None ``grads`` (validated arrays of ``backend``),
+    accumulated in float64: the one norm pass of an optimizer step that clips or checks
+    for inf/NaN. Deterministic (per-block partials added on the host in a fixed order);
+    the sum is inf or NaN exactly when an element is (a float64 ``g²`` of a float32 ``g``
+    cannot overflow; a float64 grad whose square overflows counts as non-finite).
+    """
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return 0.0, True
+    call = call_for(backend, grads[0])
+    partials = _norm_partials(call, _multi.run_pieces(grads), kernels_for(backend, "clip"), 2.0)
+    total = float(np.sum(partials))
+    return total, math.isfinite(total)
 
 
 def _combine(partials: np.ndarray, p: float) -> float:

@@ -1,26 +1,32 @@
 """Functional optimizer steps, in the style of ``torch.optim._functional``.
 
 Each ``<rule>_(params, grads, <state lists>, state_steps, *, <hyperparameters>)`` updates
-the params and their state in place with one fused kernel per run of adjacent tensors
-(see ``pyopt/_multi.py``), after validating every argument: a call that raises has
-modified nothing. Hyperparameters are checked as torch's constructors check them, except
-the sign of ``lr``: a scheduler's rounding (an lr of ``-5.6e-19``) is a valid value at a
-step, as in torch. ``state_steps`` is a NumPy integer array with one step count per param,
+the params and their state in place with one fused kernel call per dtype, however the
+arrays are allocated (a segment table of their addresses: see ``kernels/specs.py``),
+after validating every argument: a call that raises has modified nothing.
+Hyperparameters are checked as torch's constructors check them, except the sign of
+``lr``: a scheduler's rounding (an lr of ``-5.6e-19``) is a valid value at a step, as in
+torch. ``state_steps`` is a NumPy integer array with one step count per param,
 incremented in place like torch's ``state_steps`` tensors. The classes of
-:mod:`pyopt.optim` are thin stateful wrappers over these functions.
+:mod:`pyopt.optim` and :mod:`pyopt.torch.optim` build the same :class:`Part` per param
+group (without validating again what their step checked) and :func:`run` all of a
+step's groups at once.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import operator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import CpuCall, backend_of, call_for, kernels_for
+from pyopt._backend import CpuCall, backend_of, call_for, dtype_of, kernels_for
+from pyopt.kernels import specs
 
 __all__ = ["adadelta_", "adagrad_", "adam_", "adamw_", "check_hyperparameters", "rmsprop_", "sgd_"]
 
@@ -147,65 +153,173 @@ def _check_lists(
     return backend
 
 
-@functools.cache
-def _nothing(backend: str, dtype: str) -> Any:
-    """A length-0 array standing for a state tensor the rule does not use."""
-    if backend == "cpu":
-        return np.empty(0, dtype=dtype)
-    from numba import cuda
+class Part(NamedTuple):
+    """One rule's step over aligned lists, ready to launch (see :func:`run`).
 
-    return cuda.device_array(0, dtype=dtype)
-
-
-def _launch(
-    backend: str,
-    kernel: Callable[..., None],
-    columns: list[Sequence[Any] | None],
-    keys: Sequence[Any] | None,
-    scalars: Callable[[int], tuple],
-) -> None:
-    """Call ``kernel(*column arrays, *scalars(lo))`` once per run ``[lo, hi)``.
-
-    ``columns[0]`` are the params, ``columns[1]`` the grads (read only), the rest state
-    (None: unused, passed as a length-0 array). Params and state are updated in place.
+    Attributes:
+        spec: the kernel spec of the rule.
+        columns: the params, the grads, then each state list of ``spec.states`` (None: a
+            state these hyperparameters do not use).
+        steps: the step counts, incremented in place by :func:`run`.
+        row: step count after the increment -> ``(scalars, flags)`` of the kernel row.
     """
-    params = columns[0]
-    call = call_for(backend, params[0])
-    for lo, hi in _multi.runs(columns, keys):
-        dtype = _checks.float_dtype("params", params[lo])
-        args, write_backs = [], []
-        for c, col in enumerate(columns):
-            if col is None:
-                args.append(_nothing(backend, dtype.name))
-                continue
-            if hi - lo > 1:
-                flat = _multi.span(col[lo:hi])
-                args.append(flat if backend == "cpu" else call.view(flat))
-                continue
-            arr = col[lo]
-            size = math.prod(arr.shape)
-            if c == 1:
-                work = call.contiguous(arr)
-            else:
-                work, back = call.inplace(arr)
-                if back is not None:
-                    write_backs.append(back)
-            args.append(work.reshape(size))
-        kernel(*args, *scalars(lo), **call.kernel_kwargs)
-        for back in write_backs:
+
+    spec: specs.RuleSpec
+    columns: list[Sequence[Any] | None]
+    steps: np.ndarray
+    row: Callable[[int], tuple[tuple[float, ...], tuple[bool, ...]]]
+
+
+def _address(call: Any, arr: Any, read_only: bool, alive: list, write_backs: list) -> int:
+    """The address the kernel reads ``arr`` at: its own when C-contiguous, else that of a
+    contiguous copy kept in ``alive`` (and, unless ``read_only``, written back by the
+    function appended to ``write_backs``)."""
+    where = _multi.locate(arr)
+    if where is None:
+        if read_only:
+            work = call.contiguous(arr)
+        else:
+            work, back = call.inplace(arr)
+            write_backs.append(back)
+        alive.append(work)
+        where = _multi.locate(work)
+    return where[1]
+
+
+class _Layout:
+    """Where one part's params and states lie: per entry its element count, dtype and a
+    segment-table row (``kernels/specs.py``) with every address but the grad's (grads are
+    located per step).
+
+    A plan keeps the arrays it located, so it can tell by identity that a later step
+    meets the same ones (and their ids cannot be reused meanwhile).
+    """
+
+    def __init__(self, call: Any, part: Part):
+        self.arrays = _written_arrays(part)
+        params = part.columns[0]
+        self.sizes = np.array([math.prod(p.shape) for p in params], dtype=np.int64)
+        self.dtypes = [dtype_of(p) for p in params]
+        self.segments = np.zeros((len(params), 1 + len(part.columns)), dtype=np.int64)
+        self.alive: list[Any] = []  # contiguous copies of strided params or state
+        self.write_backs: list[Callable[[], None]] = []
+        for c, column in enumerate(part.columns):
+            if c != 1 and column is not None:
+                self.segments[:, 1 + c] = [
+                    _address(call, arr, False, self.alive, self.write_backs) for arr in column
+                ]
+        # With copies, the next step must copy again: such a layout is not kept.
+        self.reusable = not self.alive
+
+    def matches(self, part: Part) -> bool:
+        arrays = _written_arrays(part)
+        return len(arrays) == len(self.arrays) and all(map(operator.is_, arrays, self.arrays))
+
+
+def _written_arrays(part: Part) -> list[Any]:
+    """The params and state arrays of ``part``, in column order."""
+    return [arr for c, column in enumerate(part.columns) if c != 1 and column for arr in column]
+
+
+class Plan:
+    """The layouts of an optimizer's parts, kept between steps: a step over the same
+    params and state (the common case) locates only its grads."""
+
+    def __init__(self) -> None:
+        self.layouts: list[_Layout] = []
+
+    def layout(self, call: Any, index: int, part: Part) -> _Layout:
+        if index < len(self.layouts) and self.layouts[index].matches(part):
+            return self.layouts[index]
+        layout = _Layout(call, part)
+        if layout.reusable:
+            del self.layouts[index:]
+            self.layouts.append(layout)
+        return layout
+
+
+def run(backend: str, parts: Sequence[Part], plan: Plan | None = None) -> None:
+    """Increment the step counts and update every entry of ``parts`` (validated lists of
+    one rule, one backend) in place: one kernel call per dtype, whatever the allocation
+    of the arrays, their param groups and their step counts.
+
+    Contiguous arrays are read in place through their addresses; a strided param or state
+    is updated through a contiguous copy written back after the call, a strided grad read
+    through a contiguous copy. ``plan`` (an optimizer's) keeps the located params and
+    state between calls.
+    """
+    parts = [part for part in parts if part.columns[0]]
+    if not parts:
+        return
+    spec = parts[0].spec
+    call = call_for(backend, parts[0].columns[0][0])
+    plan = plan or Plan()
+    pieces: dict[np.dtype, list[tuple[np.ndarray, np.ndarray]]] = {}
+    scalars: list[tuple[float, ...]] = []
+    flags: list[tuple[bool, ...]] = []
+    layouts, grad_copies = [], []
+    for pi, part in enumerate(parts):
+        steps = part.steps
+        steps += 1  # in place (torch counts before it updates)
+        layout = plan.layout(call, pi, part)
+        layouts.append(layout)
+        addresses = layout.segments.copy()
+        addresses[:, 2] = [_address(call, g, True, grad_copies, []) for g in part.columns[1]]
+        # One kernel row per distinct step count of the part.
+        counts, row_of = np.unique(steps, return_inverse=True)
+        addresses[:, 0] = len(scalars) + row_of.reshape(-1)
+        for t in counts.tolist():
+            row_scalars, row_flags = part.row(t)
+            scalars.append(row_scalars)
+            flags.append(row_flags)
+        for dtype in dict.fromkeys(layout.dtypes):
+            keep = np.array([d == dtype for d in layout.dtypes]) & (layout.sizes > 0)
+            pieces.setdefault(dtype, []).append((addresses[keep], layout.sizes[keep]))
+    kernels = kernels_for(backend, "optim")
+    for dtype, parts_of_dtype in pieces.items():
+        segments = np.concatenate([a for a, _ in parts_of_dtype])
+        offsets = np.zeros(len(segments) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([n for _, n in parts_of_dtype]), out=offsets[1:])
+        kernels.update(
+            spec,
+            segments,
+            offsets,
+            np.array(scalars, dtype=dtype).reshape(len(scalars), len(spec.scalars)),
+            np.array(flags, dtype=np.uint8).reshape(len(flags), len(spec.flags)),
+            **call.kernel_kwargs,
+        )
+    for layout in layouts:
+        for back in layout.write_backs:
             back()
 
 
-def _step_count(state_steps: np.ndarray) -> np.ndarray:
-    """Increment the step counts in place (torch counts before it updates)."""
-    state_steps += 1
-    return state_steps
+def _public(build: Callable[..., tuple[str | None, Part]], name: str) -> Callable[..., None]:
+    """The public step of the rule whose arguments ``build`` maps to ``(backend, part)``
+    after validating them: same signature and documentation, launches the part."""
+
+    @functools.wraps(build)
+    def step(*args: Any, **kwargs: Any) -> None:
+        if "check" in kwargs:
+            raise TypeError(f"{name}() got an unexpected keyword argument 'check'")
+        backend, part = build(*args, check=True, **kwargs)
+        run(backend, [part])
+
+    signature = inspect.signature(build)
+    parameters = [p for p in signature.parameters.values() if p.name != "check"]
+    step.__signature__ = signature.replace(parameters=parameters, return_annotation=None)
+    step.__name__ = step.__qualname__ = name
+    return step
 
 
 # --- the rules ----------------------------------------------------------------------
+#
+# Each ``_<rule>`` validates its arguments and returns ``(backend, Part)``; with
+# ``check=False`` (optimizers that validated the step themselves) it only builds the part,
+# and the backend is None. The part holds the kernel rows as a
+# function of the step count, computed in float64 and cast to the param dtype.
 
 
-def adam_(
+def _adam(
     params: Sequence[Any],
     grads: Sequence[Any],
     exp_avgs: Sequence[Any],
@@ -222,7 +336,8 @@ def adam_(
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
     grad_scale: float | None = None,
-) -> None:
+    check: bool = True,
+) -> tuple[str | None, Part]:
     """One Adam (or, with ``decoupled_weight_decay``, AdamW) step over every param.
 
     ``g ← ±g/grad_scale (+ λ·p)``, ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²``,
@@ -249,34 +364,27 @@ def adam_(
         >>> [round(float(x), 4) for x in p], int(steps[0])
         ([0.9, 0.9, 0.9], 1)
     """
-    hp = {"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": (beta1, beta2)}
-    flags = {
-        "amsgrad": amsgrad,
-        "maximize": maximize,
-        "decoupled_weight_decay": decoupled_weight_decay,
-    }
-    check_hyperparameters("Adam", {**hp, **flags}, lr_sign=False)
-    _check_grad_scale(grad_scale)
     maxes = max_exp_avg_sqs if amsgrad else None
-    if amsgrad and max_exp_avg_sqs is None:
-        raise ValueError("max_exp_avg_sqs is required when amsgrad=True")
-    backend = _check_lists(
-        params,
-        grads,
-        {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": maxes},
-        state_steps,
-        optional=("max_exp_avg_sqs",),
-    )
-    if not params:
-        return
-    steps = _step_count(state_steps)
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": maxes}
+    backend = None
+    if check:
+        hp = {"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": (beta1, beta2)}
+        flags = {
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        check_hyperparameters("Adam", {**hp, **flags}, lr_sign=False)
+        _check_grad_scale(grad_scale)
+        if amsgrad and max_exp_avg_sqs is None:
+            raise ValueError("max_exp_avg_sqs is required when amsgrad=True")
+        backend = _check_lists(params, grads, states, state_steps, optional=("max_exp_avg_sqs",))
     decoupled = bool(decoupled_weight_decay)
     param_mult = 1.0 - lr * weight_decay if decoupled and weight_decay != 0 else 1.0
     mult = _grad_mult(maximize, grad_scale)
 
-    def scalars(i: int) -> tuple:
-        t = float(steps[i])
-        return (
+    def row(t: int) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+        scalars = (
             mult,
             param_mult,
             0.0 if decoupled else weight_decay,
@@ -286,19 +394,18 @@ def adam_(
             (1.0 - beta2**t) ** 0.5,
             eps,
             -(lr / (1.0 - beta1**t)),
-            bool(amsgrad),
         )
+        return scalars, (bool(amsgrad),)
 
-    kernel = kernels_for(backend, "optim").adam_update
-    _launch(backend, kernel, [params, grads, exp_avgs, exp_avg_sqs, maxes], steps, scalars)
+    return backend, Part(specs.ADAM, [params, grads, *states.values()], state_steps, row)
 
 
-def adamw_(*args: Any, weight_decay: float = 1e-2, **kwargs: Any) -> None:
+def _adamw(*args: Any, weight_decay: float = 1e-2, **kwargs: Any) -> tuple[str | None, Part]:
     """:func:`adam_` with decoupled weight decay (``torch.optim.AdamW``; λ defaults to 1e-2)."""
-    adam_(*args, weight_decay=weight_decay, decoupled_weight_decay=True, **kwargs)
+    return _adam(*args, weight_decay=weight_decay, decoupled_weight_decay=True, **kwargs)
 
 
-def sgd_(
+def _sgd(
     params: Sequence[Any],
     grads: Sequence[Any],
     momentum_buffers: Sequence[Any] | None,
@@ -311,7 +418,8 @@ def sgd_(
     nesterov: bool = False,
     maximize: bool = False,
     grad_scale: float | None = None,
-) -> None:
+    check: bool = True,
+) -> tuple[str | None, Part]:
     """One SGD step, with momentum and Nesterov as ``torch.optim.SGD``.
 
     ``g ← ±g/grad_scale + λ·p``; with momentum μ: ``b ← g`` on a buffer's first step
@@ -324,37 +432,32 @@ def sgd_(
         state_steps: the buffers' step counts (0: the buffer is initialized to ``g``).
         Others: as ``torch.optim.SGD``; ``grad_scale`` as in :func:`adam_`.
     """
-    hp = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
-    check_hyperparameters("SGD", {**hp, "nesterov": nesterov, "maximize": maximize}, lr_sign=False)
-    _check_grad_scale(grad_scale)
-    if momentum != 0 and momentum_buffers is None:
-        raise ValueError("momentum_buffers is required when momentum != 0")
     buffers = momentum_buffers if momentum != 0 else None
-    backend = _check_lists(
-        params, grads, {"momentum_buffers": buffers}, state_steps, optional=("momentum_buffers",)
-    )
-    if not params:
-        return
-    first = state_steps == 0
-    _step_count(state_steps)
-    mult = _grad_mult(maximize, grad_scale)
-
-    def scalars(i: int) -> tuple:
-        return (
-            mult,
-            weight_decay,
-            momentum,
-            1.0 - dampening,
-            -lr,
-            bool(first[i]),
-            bool(nesterov),
+    backend = None
+    if check:
+        hp = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
+        hp |= {"nesterov": nesterov, "maximize": maximize}
+        check_hyperparameters("SGD", hp, lr_sign=False)
+        _check_grad_scale(grad_scale)
+        if momentum != 0 and momentum_buffers is None:
+            raise ValueError("momentum_buffers is required when momentum != 0")
+        backend = _check_lists(
+            params,
+            grads,
+            {"momentum_buffers": buffers},
+            state_steps,
+            optional=("momentum_buffers",),
         )
+    scalars = (_grad_mult(maximize, grad_scale), weight_decay, momentum, 1.0 - dampening, -lr)
 
-    kernel = kernels_for(backend, "optim").sgd_update
-    _launch(backend, kernel, [params, grads, buffers], first, scalars)
+    def row(t: int) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+        # A buffer's first step (b ← g) is its step count's first increment.
+        return scalars, (momentum != 0, t == 1, bool(nesterov))
+
+    return backend, Part(specs.SGD, [params, grads, buffers], state_steps, row)
 
 
-def adagrad_(
+def _adagrad(
     params: Sequence[Any],
     grads: Sequence[Any],
     state_sums: Sequence[Any],
@@ -366,29 +469,28 @@ def adagrad_(
     eps: float = 1e-10,
     maximize: bool = False,
     grad_scale: float | None = None,
-) -> None:
+    check: bool = True,
+) -> tuple[str | None, Part]:
     """One Adagrad step (``torch.optim.Adagrad``).
 
     ``g ← ±g/grad_scale + λ·p``, ``s ← s + g²``, ``p ← p − clr·g/(√s + ε)`` with
     ``clr = lr / (1 + (t − 1)·lr_decay)``. Memory traffic: 20 bytes per float32 param.
     """
-    hp = {"lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay, "eps": eps}
-    check_hyperparameters("Adagrad", {**hp, "maximize": maximize}, lr_sign=False)
-    _check_grad_scale(grad_scale)
-    backend = _check_lists(params, grads, {"state_sums": state_sums}, state_steps)
-    if not params:
-        return
-    steps = _step_count(state_steps)
+    backend = None
+    if check:
+        hp = {"lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay, "eps": eps}
+        check_hyperparameters("Adagrad", {**hp, "maximize": maximize}, lr_sign=False)
+        _check_grad_scale(grad_scale)
+        backend = _check_lists(params, grads, {"state_sums": state_sums}, state_steps)
     mult = _grad_mult(maximize, grad_scale)
 
-    def scalars(i: int) -> tuple:
-        return (mult, weight_decay, eps, -(lr / (1.0 + (float(steps[i]) - 1.0) * lr_decay)))
+    def row(t: int) -> tuple[tuple[float, ...], tuple[bool, ...]]:
+        return (mult, weight_decay, eps, -(lr / (1.0 + (t - 1.0) * lr_decay))), ()
 
-    kernel = kernels_for(backend, "optim").adagrad_update
-    _launch(backend, kernel, [params, grads, state_sums], steps, scalars)
+    return backend, Part(specs.ADAGRAD, [params, grads, state_sums], state_steps, row)
 
 
-def rmsprop_(
+def _rmsprop(
     params: Sequence[Any],
     grads: Sequence[Any],
     square_avgs: Sequence[Any],
@@ -404,7 +506,8 @@ def rmsprop_(
     centered: bool = False,
     maximize: bool = False,
     grad_scale: float | None = None,
-) -> None:
+    check: bool = True,
+) -> tuple[str | None, Part]:
     """One RMSprop step (``torch.optim.RMSprop``).
 
     ``g ← ±g/grad_scale + λ·p``, ``v ← α·v + (1 − α)·g²``; centered:
@@ -416,42 +519,31 @@ def rmsprop_(
         grad_avgs: list of arrays when ``centered``, else None.
         momentum_buffers: list of arrays when ``momentum > 0``, else None.
     """
-    hp = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum}
-    check_hyperparameters(
-        "RMSprop",
-        {**hp, "weight_decay": weight_decay, "centered": centered, "maximize": maximize},
-        lr_sign=False,
-    )
-    _check_grad_scale(grad_scale)
-    if centered and grad_avgs is None:
-        raise ValueError("grad_avgs is required when centered=True")
-    if momentum > 0 and momentum_buffers is None:
-        raise ValueError("momentum_buffers is required when momentum > 0")
     averages = grad_avgs if centered else None
     buffers = momentum_buffers if momentum > 0 else None
     states = {"square_avgs": square_avgs, "grad_avgs": averages, "momentum_buffers": buffers}
-    backend = _check_lists(
-        params, grads, states, state_steps, optional=("grad_avgs", "momentum_buffers")
-    )
-    if not params:
-        return
-    _step_count(state_steps)
-    args = (
-        _grad_mult(maximize, grad_scale),
-        weight_decay,
-        alpha,
-        1.0 - alpha,
-        eps,
-        momentum,
-        -lr,
-        bool(centered),
-    )
-    kernel = kernels_for(backend, "optim").rmsprop_update
-    columns = [params, grads, square_avgs, averages, buffers]
-    _launch(backend, kernel, columns, None, lambda i: args)
+    backend = None
+    if check:
+        hp = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum}
+        hp |= {"weight_decay": weight_decay, "centered": centered, "maximize": maximize}
+        check_hyperparameters("RMSprop", hp, lr_sign=False)
+        _check_grad_scale(grad_scale)
+        if centered and grad_avgs is None:
+            raise ValueError("grad_avgs is required when centered=True")
+        if momentum > 0 and momentum_buffers is None:
+            raise ValueError("momentum_buffers is required when momentum > 0")
+        backend = _check_lists(
+            params, grads, states, state_steps, optional=("grad_avgs", "momentum_buffers")
+        )
+    scalars = (
+        _grad_mult(maximize, grad_scale), weight_decay, alpha, 1.0 - alpha, eps, momentum, -lr,
+    )  # fmt: skip
+    flags = (bool(centered), momentum > 0)
+    columns = [params, grads, *states.values()]
+    return backend, Part(specs.RMSPROP, columns, state_steps, lambda t: (scalars, flags))
 
 
-def adadelta_(
+def _adadelta(
     params: Sequence[Any],
     grads: Sequence[Any],
     square_avgs: Sequence[Any],
@@ -464,45 +556,29 @@ def adadelta_(
     weight_decay: float = 0.0,
     maximize: bool = False,
     grad_scale: float | None = None,
-) -> None:
+    check: bool = True,
+) -> tuple[str | None, Part]:
     """One Adadelta step (``torch.optim.Adadelta``).
 
     ``g ← ±g/grad_scale + λ·p``, ``v ← ρ·v + (1 − ρ)·g²``,
     ``Δ = √(u + ε)/√(v + ε)·g``, ``u ← ρ·u + (1 − ρ)·Δ²``, ``p ← p − lr·Δ``. Memory
     traffic: 28 bytes per float32 param.
     """
-    hp = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay}
-    check_hyperparameters("Adadelta", {**hp, "maximize": maximize}, lr_sign=False)
-    _check_grad_scale(grad_scale)
     states = {"square_avgs": square_avgs, "acc_deltas": acc_deltas}
-    backend = _check_lists(params, grads, states, state_steps)
-    if not params:
-        return
-    _step_count(state_steps)
-    args = (_grad_mult(maximize, grad_scale), weight_decay, rho, 1.0 - rho, eps, -lr)
-    kernel = kernels_for(backend, "optim").adadelta_update
-    _launch(backend, kernel, [params, grads, square_avgs, acc_deltas], None, lambda i: args)
+    backend = None
+    if check:
+        hp = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay}
+        check_hyperparameters("Adadelta", {**hp, "maximize": maximize}, lr_sign=False)
+        _check_grad_scale(grad_scale)
+        backend = _check_lists(params, grads, states, state_steps)
+    scalars = (_grad_mult(maximize, grad_scale), weight_decay, rho, 1.0 - rho, eps, -lr)
+    columns = [params, grads, *states.values()]
+    return backend, Part(specs.ADADELTA, columns, state_steps, lambda t: (scalars, ()))
 
 
-def grad_sumsq(grads: Sequence[Any], backend: str) -> tuple[float, bool]:
-    """``(Σ g², all finite)`` over every element of ``grads`` (None entries skipped),
-    accumulated in float64; ``grads`` are validated arrays of ``backend``.
-
-    Deterministic: per-block partial sums from the kernels are added on the host in a
-    fixed order. One read of every gradient; on CUDA, one small device-to-host copy.
-    """
-    grads = [g for g in grads if g is not None]
-    if not grads:
-        return 0.0, True
-    kernels = kernels_for(backend, "optim")
-    call = call_for(backend, grads[0])
-    partials = _multi.block_partials(
-        call,
-        _multi.run_pieces(grads),
-        kernels.grad_sumsq_blocks,
-        lambda flat, rows: kernels.grad_sumsq(flat, rows, **call.kernel_kwargs),
-        columns=(2,),
-    )
-    total = float(np.sum(partials[:, 0]))
-    finite = bool(np.sum(partials[:, 1]) == 0.0)
-    return total, finite
+adam_ = _public(_adam, "adam_")
+adamw_ = _public(_adamw, "adamw_")
+sgd_ = _public(_sgd, "sgd_")
+adagrad_ = _public(_adagrad, "adagrad_")
+rmsprop_ = _public(_rmsprop, "rmsprop_")
+adadelta_ = _public(_adadelta, "adadelta_")

@@ -43,6 +43,7 @@ SMALL_LAUNCH = {
     "CUDA_SM_COUNT": 2,  # 4 resident blocks: several partials per channel when C < 4
     "CUDA_MIN_CHUNK": 8,
     "CUDA_FINALIZE_ROWS": 2,  # (32, 2) finalize blocks: two warps, two partials per pass
+    "CUDA_OPTIM_CHUNK": 160,  # units of 1.25 trips of 64 threads x 2: partial trips, many units
 }
 
 _lock = threading.Lock()

@@ -7,6 +7,7 @@ and is one skipped line (not a failure) without torch.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -94,13 +95,19 @@ def test_torch_family_repeats_every_case_through_pyopt_torch(tmp_path, capsys):
 def test_a_broken_kernel_fails_its_rows_and_the_run(tmp_path, monkeypatch):
     """Adam's launcher adds 1e-4 to one param element after each step: every Adam and
     AdamW row fails, every other rule still passes, the exit status is 1."""
-    original = cpu_optim.adam_update
+    original = cpu_optim.update
 
-    def broken(param, *args, **kwargs):
-        original(param, *args, **kwargs)
-        param[-1] += 1e-4
+    def broken(spec, segments, offsets, scalars, *args, **kwargs):
+        original(spec, segments, offsets, scalars, *args, **kwargs)
+        if spec.name == "adam":  # the last segment's last param element
+            address = int(segments[-1, 1]) + (int(offsets[-1] - offsets[-2]) - 1) * scalars.itemsize
+            element = np.ctypeslib.as_array(
+                ctypes.cast(address, ctypes.POINTER(np.ctypeslib.as_ctypes_type(scalars.dtype))),
+                shape=(1,),
+            )
+            element[0] += 1e-4
 
-    monkeypatch.setattr(cpu_optim, "adam_update", broken)
+    monkeypatch.setattr(cpu_optim, "update", broken)
     status, document = _run(tmp_path, "--device", "cpu", "--quick", "--family", "optim")
     assert status == 1
     rows = document["checks"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from helpers import to_backend, to_host
 
-import pyopt
 from pyopt import _reference as reference
 from pyopt import optim
 from pyopt._backend import to_numpy
@@ -93,7 +92,21 @@ def test_matches_float64_reference(backend, name, kwargs, dtype):
                 assert _rel_err(value, states[i][key]) <= TOL[dtype], f"{key} of param {i}"
 
 
-def test_param_buffer_step_is_one_kernel_call_and_bitwise_equal(monkeypatch):
+def _count_calls(monkeypatch, module, name):
+    """A list that grows by one at each call of ``module.name`` (called through)."""
+    calls, original = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_step_is_one_kernel_call_whatever_the_allocation(monkeypatch):
+    """A ParamBuffer, separate arrays, two param groups and differing step counts: one
+    kernel call per step each, and the same bits."""
     from pyopt.kernels.cpu import optim as kernels
 
     shapes = {"a": (3, 5), "b": (7,), "c": (1,), "d": (2, 2, 2)}
@@ -101,50 +114,42 @@ def test_param_buffer_step_is_one_kernel_call_and_bitwise_equal(monkeypatch):
     init = {k: v for k, v in zip(shapes, _data(np.float32, list(shapes.values())), strict=True)}
     buf.load(init)
     separate = {k: v.copy() for k, v in init.items()}
+    grouped = {k: v.copy() for k, v in init.items()}
     fused, loose = optim.Adam(buf.params, lr=0.01), optim.Adam(separate, lr=0.01)
-    calls = []
-    original = kernels.adam_update
-    monkeypatch.setattr(
-        kernels, "adam_update", lambda *a, **k: (calls.append(1), original(*a, **k))
+    groups = optim.Adam(
+        [{"params": {k: grouped[k] for k in "ab"}}, {"params": {k: grouped[k] for k in "cd"}}],
+        lr=0.01,
     )
+    calls = _count_calls(monkeypatch, kernels, "update")
     for t in range(3):
-        grads = _grads(t, list(shapes.values()), np.float32)
-        for k, g in zip(shapes, grads, strict=True):
+        grads = dict(zip(shapes, _grads(t, list(shapes.values()), np.float32), strict=True))
+        for k, g in grads.items():
             buf.grads[k][...] = g
-        n = len(calls)
-        fused.step(buf.grads)
-        assert len(calls) - n == 1, "a ParamBuffer step must be one kernel call"
-        n = len(calls)
-        loose.step(dict(zip(shapes, grads, strict=True)))
-        assert len(calls) - n == len(shapes), "separate arrays: one call each"
+        for opt, step_grads in ((fused, buf.grads), (loose, grads), (groups, grads)):
+            n = len(calls)
+            # From step 1 on, "b" has no grad at odd steps: its step count falls behind.
+            opt.step({**step_grads, "b": None} if t == 1 else step_grads)
+            assert len(calls) - n == 1, f"{type(opt).__name__} step {t}: one kernel call"
+    segments = calls[-1][1]
+    assert len({int(r) for r in segments[:, 0]}) == 3, "rows per group and step count"
     for k in shapes:
         np.testing.assert_array_equal(buf.params[k], separate[k])
+        np.testing.assert_array_equal(grouped[k], separate[k])
 
 
-def test_cuda_param_buffer_step_is_one_launch(cuda_backend, monkeypatch):
+def test_cuda_step_is_one_launch(cuda_backend, monkeypatch):
+    from pyopt.kernels.cuda import clip
     from pyopt.kernels.cuda import optim as kernels
 
     shapes = [(5, 3), (17,), (1,), (40,)]
-    buf = optim.ParamBuffer(shapes, dtype=np.float32, device="cuda")
-    buf.load({str(i): p for i, p in enumerate(_data(np.float32, shapes))})
-    calls = {"adam": 0, "sumsq": 0}
-    adam, sumsq = kernels.adam_update, kernels.grad_sumsq
-
-    def count(key, fn):
-        def wrapped(*a, **k):
-            calls[key] += 1
-            return fn(*a, **k)
-
-        return wrapped
-
-    monkeypatch.setattr(kernels, "adam_update", count("adam", adam))
-    monkeypatch.setattr(kernels, "grad_sumsq", count("sumsq", sumsq))
-    opt = optim.Adam(buf.params, lr=0.01)
+    params = [to_backend(p, "cuda") for p in _data(np.float32, shapes)]
+    updates = _count_calls(monkeypatch, kernels, "update")
+    norms = _count_calls(monkeypatch, clip, "norm_partials")
+    opt = optim.Adam(params, lr=0.01)
     host_grads = _grads(0, shapes, np.float32)
-    for i, g in enumerate(host_grads):
-        pyopt._backend.copy_into(buf.grads[str(i)], g)
-    result = opt.step(buf.grads, max_grad_norm=1.0)
-    assert calls == {"adam": 1, "sumsq": 1}
+    result = opt.step([to_backend(g, "cuda") for g in host_grads], max_grad_norm=1.0)
+    assert len(updates) == 1
+    assert len(norms) == len(shapes), "separate grads: one norm launch per array"
     expected = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in host_grads))
     assert result.grad_norm == pytest.approx(expected, rel=1e-6)
 
@@ -191,10 +196,10 @@ def test_nonfinite_gradient_skips_the_whole_step(backend, bad, where):
 
 
 def test_no_extra_pass_without_clipping(monkeypatch):
-    from pyopt.kernels.cpu import optim as kernels
+    from pyopt.kernels.cpu import clip as kernels
 
     calls = []
-    monkeypatch.setattr(kernels, "grad_sumsq", lambda *a: calls.append(a))
+    monkeypatch.setattr(kernels, "norm_partials", lambda *a, **k: calls.append(a))
     opt = optim.Adam(_data(np.float32), lr=0.1)
     result = opt.step(_grads(0, dtype=np.float32))
     assert result == optim.StepResult(grad_norm=None, skipped=False)

@@ -1,422 +1,159 @@
-"""Fused optimizer steps on the CPU: ``@njit(parallel=True, cache=True)`` kernels.
+"""Fused optimizer steps on the CPU: one ``@njit(parallel=True, cache=True)`` kernel per rule,
+generated from its spec (``kernels/specs.py``), over a segment table of any tensors.
 
-Each kernel is one pass over flat, C-contiguous 1-D arrays: read every param, grad and
-used state element once, write back every updated one once, nothing else (Adam float32:
-28 B/param). The work is cut into units of ``config.CPU_OPTIM_CHUNK`` elements, shared
-out to the threads by ``prange``; a unit is a loop over its elements that calls the
-update rule of ``kernels/rules.py`` and stores what the rule returns. The rules are the
-single source of the math, and no fastmath flag is set, so float32 steps round like
-torch's single-tensor implementation.
+A step is one call: the tensors of every segment (separate allocations, param groups,
+step counts: see ``kernels/specs.py``) are one concatenated element space, cut into units
+of ``config.CPU_OPTIM_CHUNK`` elements that ``prange`` shares out to the threads (equal
+units whatever the tensor sizes, so the threads get equal work). A unit walks the
+segments it overlaps; for each piece it reads the segment's scalar row and flags, views
+the piece's columns as arrays (``numba.carray`` over the table's addresses) and runs the
+element loop, which calls the spec's rule of ``kernels/rules.py`` and stores what the
+rule returns. Each element is read once and written once (Adam float32: 28 B/param) and
+no fastmath flag is set, so float32 steps round like torch's single-tensor
+implementation.
 
-Vectorization. A flag that decides whether a state array is read or written (amsgrad,
-SGD momentum and its first step, RMSprop's centered and momentum) is branched on once
-per unit, outside the element loop, and each branch inlines the unit loop with that flag
-a constant, so LLVM folds the array access away (an unused state array is length 0 and
-never touched) and vectorizes each copy (LLVM does not unswitch these loops on its own:
-written as one loop, some flag combinations ran 2-12x slower). The conditions that
-only choose between arithmetic (weight decay, Nesterov, lerp's form, momentum's value)
-stay inside the rule: loop-invariant, they become uniform selects in the vectorized
-loop. The formulas are never copied: every branch calls the same rule.
+Vectorization. A flag that decides whether a state is read or written (the spec's
+``access_flags``: amsgrad, SGD's buffer and first step, RMSprop's centered and momentum
+buffer) is branched on once per piece, outside the element loop, and each branch inlines
+the loop with that flag a constant, so LLVM folds the access away and vectorizes each copy
+(LLVM does not unswitch these loops on its own: written as one loop, some flag
+combinations ran 2-12x slower). The conditions that only choose between arithmetic
+(weight decay, Nesterov, lerp's form, momentum's value) stay inside the rule: loop-
+invariant, they become uniform selects in the vectorized loop.
 
-``grad_sumsq`` reduces fixed-size blocks of ``config.CPU_SUMSQ_BLOCK`` elements, one
-float64 row each, so its result does not depend on the thread count.
+Kernels compile lazily, one specialization per dtype on first use, and are cached on disk.
 """
 
-import functools
+from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import itertools
 
-from pyopt.kernels import config, rules
+from numba import carray, njit
+from numba.core.extending import intrinsic
+
+from pyopt.kernels import _codegen, config, specs
 from pyopt.kernels.cpu._launch import parallel_launcher
 
-# Reassociation lets the float64 block sums vectorize (a fixed order per compiled loop,
-# the same whatever the thread count). No nnan/ninf: g - g must stay NaN for inf/NaN.
-_SUM_FASTMATH = {"reassoc", "contract"}
-_KERNEL_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy"}
-
-
-_rule = functools.partial(rules.compiled, njit(inline="always", cache=True))
-
-# The shared scalar rules (kernels/rules.py), compiled for the CPU.
-_lerp = _rule(rules.lerp)
-_decayed_grad = _rule(rules.decayed_grad)
-_adam = _rule(rules.adam, lerp=_lerp, decayed_grad=_decayed_grad)
-_sgd = _rule(rules.sgd, decayed_grad=_decayed_grad)
-_adagrad = _rule(rules.adagrad, decayed_grad=_decayed_grad)
-_rmsprop = _rule(rules.rmsprop, lerp=_lerp, decayed_grad=_decayed_grad)
-_adadelta = _rule(rules.adadelta, decayed_grad=_decayed_grad)
+_RULES = specs.compiled_rules(njit(inline="always", cache=True))
+_address_as_pointer = _codegen.address_intrinsic(intrinsic)
 
 
 @njit(inline="always", cache=True)
-def _unit(total, chunk, u):
-    """Slice of the u-th unit of ``chunk`` elements of ``total`` (the last one shorter)."""
-    return slice(u * chunk, min((u + 1) * chunk, total))
+def _piece(address, start, stop, like):
+    """Elements ``[start, stop)`` of the tensor at ``address`` (``like``'s dtype), as an
+    array; an unused state (address 0) is never indexed."""
+    return carray(_address_as_pointer(address, like), stop)[start:stop]
 
 
-@njit(inline="always", cache=True)
-def _adam_unit(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, amsgrad):
-    """The Adam rule over one unit; ``amsgrad`` is a constant at every call site."""
-    zero = param.dtype.type(0)
-    gm, pm, wd, b1w, b2, omb2, bc2s, eps, nss = scalars  # (Numba inlines no *args call)
-    for i in range(param.size):  # from 0: no negative-index checks, so it vectorizes
-        v_max = max_exp_avg_sq[i] if amsgrad else zero
-        p, m, v, v_max = _adam(
-            param[i], grad[i], exp_avg[i], exp_avg_sq[i], v_max,
-            gm, pm, wd, b1w, b2, omb2, bc2s, eps, nss, amsgrad,
-        )  # fmt: skip
-        param[i] = p
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
-        if amsgrad:
-            max_exp_avg_sq[i] = v_max
-
-
-@njit(**_KERNEL_OPTIONS)
-def _adam_kernel(
-    param,  # (n,) updated in place
-    grad,  # (n,)
-    exp_avg,  # (n,) updated in place
-    exp_avg_sq,  # (n,) updated in place
-    max_exp_avg_sq,  # (n,) updated in place with amsgrad, else (0,)
-    grad_mult,
-    param_mult,
-    weight_decay,
-    beta1_weight,
-    beta2,
-    one_minus_beta2,
-    bias_correction2_sqrt,
-    eps,
-    neg_step_size,
-    amsgrad,
-    chunk,  # elements per unit
-):
-    """Adam / AdamW: ``m ← lerp(m, g, 1 − β1)``, ``v ← β2·v + (1 − β2)·g²``,
-    ``p ← p − step_size·m / (√v / √(1 − β2^t) + ε)`` (see ``rules.adam``).
-
-    Memory: reads p, g, m, v and writes p, m, v (28 B/param in float32); amsgrad also
-    reads and writes v̂ (36 B/param).
-    """
-    n = param.size
-    scalars = (
-        grad_mult, param_mult, weight_decay, beta1_weight, beta2, one_minus_beta2,
-        bias_correction2_sqrt, eps, neg_step_size,
-    )  # fmt: skip
-    for u in prange((n + chunk - 1) // chunk):
-        s = _unit(n, chunk, u)
-        p, g, m, v = param[s], grad[s], exp_avg[s], exp_avg_sq[s]
-        if amsgrad:
-            _adam_unit(p, g, m, v, max_exp_avg_sq[s], scalars, True)
-        else:
-            _adam_unit(p, g, m, v, max_exp_avg_sq, scalars, False)
-
-
-@njit(inline="always", cache=True)
-def _sgd_unit(param, grad, momentum_buffer, scalars, first, nesterov, use_buffer):
-    """The SGD rule over one unit; ``first`` and ``use_buffer`` are constants at every
-    call site (with ``use_buffer`` False, the momentum in ``scalars`` is the constant 0)."""
-    zero = param.dtype.type(0)
-    gm, wd, mu, omd, neg_lr = scalars
-    for i in range(param.size):
-        b = momentum_buffer[i] if use_buffer and not first else zero
-        p, b = _sgd(param[i], grad[i], b, gm, wd, mu, omd, neg_lr, first, nesterov)
-        param[i] = p
-        if use_buffer:
-            momentum_buffer[i] = b
-
-
-@njit(**_KERNEL_OPTIONS)
-def _sgd_kernel(
-    param,  # (n,) updated in place
-    grad,  # (n,)
-    momentum_buffer,  # (n,) updated in place (only written when first) if momentum != 0, else (0,)
-    grad_mult,
-    weight_decay,
-    momentum,
-    one_minus_dampening,
-    neg_lr,
-    first,
-    nesterov,
-    chunk,  # elements per unit
-):
-    """SGD: ``b ← μ·b + (1 − dampening)·g`` (``b ← g`` on the first step),
-    ``p ← p − lr·(g + μ·b)`` (Nesterov) or ``p ← p − lr·b``; ``p ← p − lr·g`` without
-    momentum (see ``rules.sgd``).
-
-    Memory: reads p, g, b and writes p, b (20 B/param in float32); 16 on the first step
-    (b not read), 12 without momentum.
-    """
-    n = param.size
-    zero = param.dtype.type(0)
-    scalars = (grad_mult, weight_decay, momentum, one_minus_dampening, neg_lr)
-    no_momentum = (grad_mult, weight_decay, zero, one_minus_dampening, neg_lr)
-    for u in prange((n + chunk - 1) // chunk):
-        s = _unit(n, chunk, u)
-        p, g = param[s], grad[s]
-        if momentum == zero:
-            _sgd_unit(p, g, momentum_buffer, no_momentum, False, False, False)
-        elif first:
-            _sgd_unit(p, g, momentum_buffer[s], scalars, True, nesterov, True)
-        else:
-            _sgd_unit(p, g, momentum_buffer[s], scalars, False, nesterov, True)
-
-
-@njit(inline="always", cache=True)
-def _adagrad_unit(param, grad, state_sum, grad_mult, weight_decay, eps, neg_clr):
-    """The Adagrad rule over one unit."""
-    for i in range(param.size):
-        param[i], state_sum[i] = _adagrad(
-            param[i], grad[i], state_sum[i], grad_mult, weight_decay, eps, neg_clr
+def _access_classes(spec: specs.RuleSpec) -> list[list[dict[str, bool]]]:
+    """The combinations of ``spec``'s access flags, grouped by the states they read and
+    write (SGD without a buffer reads and writes none, first step or not)."""
+    classes: dict[tuple[bool, ...], list[dict[str, bool]]] = {}
+    for values in itertools.product((True, False), repeat=len(spec.access_flags)):
+        combo = dict(zip(spec.access_flags, values, strict=True))
+        access = tuple(
+            spec.uses(state, how, combo) for state in spec.states for how in ("read", "write")
         )
+        classes.setdefault(access, []).append(combo)
+    return list(classes.values())
 
 
-@njit(**_KERNEL_OPTIONS)
-def _adagrad_kernel(
-    param,  # (n,) updated in place
-    grad,  # (n,)
-    state_sum,  # (n,) updated in place
-    grad_mult,
-    weight_decay,
-    eps,
-    neg_clr,
-    chunk,  # elements per unit
-):
-    """Adagrad: ``s ← s + g²``, ``p ← p − clr·g / (√s + ε)`` (see ``rules.adagrad``).
+def _source(spec: specs.RuleSpec) -> str:
+    """The element loop and the kernel of ``spec``, as Python source."""
+    name, k = spec.name, len(spec.columns)
+    columns = ", ".join(f"c{c}" for c in range(k))
+    scalars = ", ".join(f"s{j}" for j in range(len(spec.scalars)))
+    flags = "".join(f", {f}" for f in spec.flags)
+    loads = [
+        f"        x{c} = c{c}[i] if {state.read} else zero"
+        for c, state in enumerate(spec.states, start=2)
+    ]
+    args = ", ".join(["c0[i]", "c1[i]", *(f"x{c}" for c in range(2, k)), scalars, *spec.rule_flags])
+    stores = ["        c0[i] = r[0]"] + [
+        f"        if {state.write}:\n            c{c}[i] = r[{c - 1}]"
+        for c, state in enumerate(spec.states, start=2)
+    ]
+    views = [f"            c{c} = _piece(segments[s, {c + 1}], a, b, scalars)" for c in range(k)]
+    row_scalars = ", ".join(f"scalars[row, {j}]" for j in range(len(spec.scalars)))
+    row_flags = [f"            {f} = flags[row, {j}] != 0" for j, f in enumerate(spec.flags)]
+    # One branch per distinct way of accessing the states, calling the loop with the flags
+    # that decide it constant (the others pass through as values).
+    branches = []
+    for combos in _access_classes(spec):
+        constant = {f: combos[0][f] for f in spec.access_flags if len({c[f] for c in combos}) == 1}
+        test = (
+            " or ".join(
+                "(" + " and ".join(f if c[f] else f"not {f}" for f in c) + ")" for c in combos
+            )
+            if spec.access_flags
+            else "True"
+        )
+        passed = "".join(f", {constant.get(f, f)}" for f in spec.flags)
+        keyword = "if" if not branches else "elif"
+        branches.append(
+            f"            {keyword} {test}:\n"
+            f"                _{name}_loop({columns}, row_scalars{passed})"
+        )
+    nl = "\n"
+    return f'''
+from numba import njit, prange
 
-    Memory: reads p, g, s and writes p, s (20 B/param in float32).
-    """
-    n = param.size
-    for u in prange((n + chunk - 1) // chunk):
-        s = _unit(n, chunk, u)
-        _adagrad_unit(param[s], grad[s], state_sum[s], grad_mult, weight_decay, eps, neg_clr)
+_{name}_rule = _RULES["{name}"]
 
 
 @njit(inline="always", cache=True)
-def _rmsprop_unit(
-    param, grad, square_avg, grad_avg, momentum_buffer, scalars, centered, use_buffer
-):
-    """The RMSprop rule over one unit; ``centered`` and ``use_buffer`` are constants at
-    every call site (with ``use_buffer`` False, the momentum in ``scalars`` is the
-    constant 0)."""
-    zero = param.dtype.type(0)
-    gm, wd, alpha, oma, eps, mu, neg_lr = scalars
-    for i in range(param.size):
-        a = grad_avg[i] if centered else zero
-        b = momentum_buffer[i] if use_buffer else zero
-        p, v, a, b = _rmsprop(
-            param[i], grad[i], square_avg[i], a, b, gm, wd, alpha, oma, eps, mu, neg_lr, centered
-        )
-        param[i] = p
-        square_avg[i] = v
-        if centered:
-            grad_avg[i] = a
-        if use_buffer:
-            momentum_buffer[i] = b
+def _{name}_loop({columns}, scalars{flags}):
+    """``rules.{name}`` over one piece; the access flags are constants at every call."""
+    zero = c0.dtype.type(0)
+    {scalars}, = scalars
+    for i in range(c0.size):  # from 0: no negative-index checks, so it vectorizes
+{nl.join(loads)}
+        r = _{name}_rule({args})
+{nl.join(stores)}
 
 
-@njit(**_KERNEL_OPTIONS)
-def _rmsprop_kernel(
-    param,  # (n,) updated in place
-    grad,  # (n,)
-    square_avg,  # (n,) updated in place
-    grad_avg,  # (n,) updated in place if centered, else (0,)
-    momentum_buffer,  # (n,) updated in place if momentum > 0, else (0,)
-    grad_mult,
-    weight_decay,
-    alpha,
-    one_minus_alpha,
-    eps,
-    momentum,
-    neg_lr,
-    centered,
-    chunk,  # elements per unit
-):
-    """RMSprop: ``v ← α·v + (1 − α)·g²``, ``a = √(v − ḡ²) + ε`` with
-    ``ḡ ← lerp(ḡ, g, 1 − α)`` (centered) or ``a = √v + ε``; ``b ← μ·b + g/a``,
-    ``p ← p − lr·b`` with momentum, else ``p ← p − lr·g/a`` (see ``rules.rmsprop``).
-
-    Memory: reads p, g, v and writes p, v (20 B/param in float32), plus 8 B/param each
-    for ḡ (centered) and b (momentum): 36 with both.
-    """
-    n = param.size
-    zero = param.dtype.type(0)
-    scalars = (grad_mult, weight_decay, alpha, one_minus_alpha, eps, momentum, neg_lr)
-    no_momentum = (grad_mult, weight_decay, alpha, one_minus_alpha, eps, zero, neg_lr)
-    for u in prange((n + chunk - 1) // chunk):
-        s = _unit(n, chunk, u)
-        p, g, v = param[s], grad[s], square_avg[s]
-        if centered:
-            if momentum > zero:
-                _rmsprop_unit(p, g, v, grad_avg[s], momentum_buffer[s], scalars, True, True)
-            else:
-                _rmsprop_unit(p, g, v, grad_avg[s], momentum_buffer, no_momentum, True, False)
-        elif momentum > zero:
-            _rmsprop_unit(p, g, v, grad_avg, momentum_buffer[s], scalars, False, True)
-        else:
-            _rmsprop_unit(p, g, v, grad_avg, momentum_buffer, no_momentum, False, False)
+@njit(parallel=True, cache=True, error_model="numpy")
+def _{name}_kernel(segments, offsets, first_segment, scalars, flags, chunk):
+    """``rules.{name}`` over every segment (see the module docstring)."""
+    total = offsets[-1]
+    for u in prange(first_segment.size):
+        lo = u * chunk
+        hi = min(lo + chunk, total)
+        s = first_segment[u]
+        while s < segments.shape[0] and offsets[s] < hi:
+            a = max(lo, offsets[s]) - offsets[s]
+            b = min(hi, offsets[s + 1]) - offsets[s]
+            row = segments[s, 0]
+            row_scalars = ({row_scalars},)
+{nl.join(row_flags)}
+{nl.join(views)}
+{nl.join(branches)}
+            s += 1
+'''
 
 
-@njit(inline="always", cache=True)
-def _adadelta_unit(param, grad, square_avg, acc_delta, scalars):
-    """The Adadelta rule over one unit."""
-    gm, wd, rho, omr, eps, neg_lr = scalars
-    for i in range(param.size):
-        param[i], square_avg[i], acc_delta[i] = _adadelta(
-            param[i], grad[i], square_avg[i], acc_delta[i], gm, wd, rho, omr, eps, neg_lr
-        )
-
-
-@njit(**_KERNEL_OPTIONS)
-def _adadelta_kernel(
-    param,  # (n,) updated in place
-    grad,  # (n,)
-    square_avg,  # (n,) updated in place
-    acc_delta,  # (n,) updated in place
-    grad_mult,
-    weight_decay,
-    rho,
-    one_minus_rho,
-    eps,
-    neg_lr,
-    chunk,  # elements per unit
-):
-    """Adadelta: ``v ← ρ·v + (1 − ρ)·g²``, ``Δ = √(u + ε) / √(v + ε)·g``,
-    ``u ← ρ·u + (1 − ρ)·Δ²``, ``p ← p − lr·Δ`` (see ``rules.adadelta``).
-
-    Memory: reads p, g, v, u and writes p, v, u (28 B/param in float32).
-    """
-    n = param.size
-    scalars = (grad_mult, weight_decay, rho, one_minus_rho, eps, neg_lr)
-    for u in prange((n + chunk - 1) // chunk):
-        s = _unit(n, chunk, u)
-        _adadelta_unit(param[s], grad[s], square_avg[s], acc_delta[s], scalars)
-
-
-@njit(parallel=True, cache=True, error_model="numpy", fastmath=_SUM_FASTMATH)
-def _grad_sumsq_kernel(
-    grad,  # (n,)
-    out,  # (blocks, 2) float64 out: (Σ g², Σ (g − g)) per block
-    block,  # elements per block
-):
-    """Per block of ``block`` elements: ``Σ g²`` and ``Σ (g − g)`` (0, or NaN when any
-    g is inf or NaN), in float64.
-
-    Memory: reads g once (4 B/param in float32).
-    """
-    n = grad.size
-    for b in prange(out.shape[0]):
-        g = grad[_unit(n, block, b)]
-        sum_sq = 0.0
-        non_finite = 0.0
-        for i in range(g.size):
-            x = np.float64(g[i])
-            sum_sq += x * x
-            non_finite += x - x
-        out[b, 0] = sum_sq
-        out[b, 1] = non_finite
-
-
-def _chunk():
-    return int(config.CPU_OPTIM_CHUNK)
+for _spec in specs.SPECS.values():
+    _codegen.define(globals(), f"optim_{_spec.name}", _source(_spec))
 
 
 @parallel_launcher
-def adam_update(
-    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_mult, param_mult, weight_decay,
-    beta1_weight, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, amsgrad,
-):  # fmt: skip
-    """One Adam / AdamW step (``rules.adam``) over 1-D arrays, in place.
+def update(spec, segments, offsets, scalars, flags, stream=None):
+    """One fused step of ``spec`` (a :class:`pyopt.kernels.specs.RuleSpec`) over a
+    segment table, in place.
 
-    ``max_exp_avg_sq`` is length 0 (and untouched) unless ``amsgrad``.
+    Args:
+        spec: the rule.
+        segments: int64 ``(n, 1 + len(spec.columns))``: each segment's scalar row, then
+            the address of its param, grad and each state (0: a state its flags leave
+            unused); C-contiguous arrays of the scalars' dtype.
+        offsets: int64 ``(n + 1,)``: where each segment starts in the concatenated
+            elements (``offsets[0] = 0``, ``offsets[-1]`` the total).
+        scalars: ``(rows, len(spec.scalars))`` in the param dtype (float32 or float64).
+        flags: uint8 ``(rows, len(spec.flags))``.
+        stream: ignored (the CPU has none); accepted as on CUDA.
     """
-    if param.size == 0:
+    if segments.shape[0] == 0 or offsets[-1] == 0:
         return
-    f = param.dtype.type
-    _adam_kernel(
-        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, f(grad_mult), f(param_mult),
-        f(weight_decay), f(beta1_weight), f(beta2), f(one_minus_beta2),
-        f(bias_correction2_sqrt), f(eps), f(neg_step_size), bool(amsgrad), _chunk(),
-    )  # fmt: skip
-
-
-@parallel_launcher
-def sgd_update(
-    param, grad, momentum_buffer, grad_mult, weight_decay, momentum, one_minus_dampening,
-    neg_lr, first, nesterov,
-):  # fmt: skip
-    """One SGD step (``rules.sgd``) over 1-D arrays, in place.
-
-    ``momentum_buffer`` is length 0 (and untouched) when ``momentum == 0``; with
-    ``first`` it is only written.
-    """
-    if param.size == 0:
-        return
-    f = param.dtype.type
-    _sgd_kernel(
-        param, grad, momentum_buffer, f(grad_mult), f(weight_decay), f(momentum),
-        f(one_minus_dampening), f(neg_lr), bool(first), bool(nesterov), _chunk(),
-    )  # fmt: skip
-
-
-@parallel_launcher
-def adagrad_update(param, grad, state_sum, grad_mult, weight_decay, eps, neg_clr):
-    """One Adagrad step (``rules.adagrad``) over 1-D arrays, in place."""
-    if param.size == 0:
-        return
-    f = param.dtype.type
-    _adagrad_kernel(
-        param, grad, state_sum, f(grad_mult), f(weight_decay), f(eps), f(neg_clr), _chunk()
-    )
-
-
-@parallel_launcher
-def rmsprop_update(
-    param, grad, square_avg, grad_avg, momentum_buffer, grad_mult, weight_decay, alpha,
-    one_minus_alpha, eps, momentum, neg_lr, centered,
-):  # fmt: skip
-    """One RMSprop step (``rules.rmsprop``) over 1-D arrays, in place.
-
-    ``grad_avg`` is length 0 (and untouched) unless ``centered``, ``momentum_buffer``
-    unless ``momentum > 0``.
-    """
-    if param.size == 0:
-        return
-    f = param.dtype.type
-    _rmsprop_kernel(
-        param, grad, square_avg, grad_avg, momentum_buffer, f(grad_mult), f(weight_decay),
-        f(alpha), f(one_minus_alpha), f(eps), f(momentum), f(neg_lr), bool(centered),
-        _chunk(),
-    )  # fmt: skip
-
-
-@parallel_launcher
-def adadelta_update(
-    param, grad, square_avg, acc_delta, grad_mult, weight_decay, rho, one_minus_rho, eps, neg_lr
-):
-    """One Adadelta step (``rules.adadelta``) over 1-D arrays, in place."""
-    if param.size == 0:
-        return
-    f = param.dtype.type
-    _adadelta_kernel(
-        param, grad, square_avg, acc_delta, f(grad_mult), f(weight_decay), f(rho),
-        f(one_minus_rho), f(eps), f(neg_lr), _chunk(),
-    )  # fmt: skip
-
-
-def grad_sumsq_blocks(n):
-    """Rows :func:`grad_sumsq` writes for ``n`` elements: one per ``CPU_SUMSQ_BLOCK``."""
-    block = int(config.CPU_SUMSQ_BLOCK)
-    return (int(n) + block - 1) // block
-
-
-@parallel_launcher
-def grad_sumsq(grad, out):
-    """Per fixed block of ``grad``: ``out[b] = (Σ g², Σ (g − g))`` in float64, in place.
-
-    ``out`` is float64 ``(grad_sumsq_blocks(grad.size), 2)``; the second column is 0 for
-    finite blocks and NaN for a block holding inf or NaN. Blocks do not depend on the
-    thread count, so summing the rows in order gives the same bits on any machine size.
-    """
-    if grad.size == 0:
-        return
-    _grad_sumsq_kernel(grad, out, int(config.CPU_SUMSQ_BLOCK))
+    chunk = int(config.CPU_OPTIM_CHUNK)
+    kernel = globals()[f"_{spec.name}_kernel"]
+    kernel(segments, offsets, specs.unit_table(offsets, chunk), scalars, flags, chunk)

@@ -30,6 +30,8 @@ import re
 import sys
 from dataclasses import dataclass
 
+from .. import specs
+
 CC = (9, 0)
 _PACKAGE = "pyopt.kernels.cuda"
 _F32_F64 = ("float32", "float64")
@@ -58,7 +60,7 @@ def _sig(*args: str) -> str:
 # float64 2-D partials.
 _A1, _A3, _T = "{t}[::1]", "{t}[:, :, ::1]", "{t}"
 _I, _B, _DIMS = "int64", "boolean", "UniTuple(int64, 4)"
-_F64_2D = "float64[:, ::1]"
+_I1, _I2D, _T2D, _U2D = "int64[::1]", "int64[:, ::1]", "{t}[:, ::1]", "uint8[:, ::1]"
 
 KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("batchnorm", "_bn_stats_nchw_kernel", _sig(_A1, _A3, _I, _I)),
@@ -72,12 +74,6 @@ KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("batchnorm", "_bn_grad_finalize_kernel", _sig(_A3, _A1, _A1, _A1)),
     KernelSpec("batchnorm", "_bn_dx_kernel", _sig(*[_A1] * 8, _I, _T, _B)),
     KernelSpec("copy", "_gather_kernel", _sig(_A1, _A1, _DIMS, _DIMS, _I)),
-    KernelSpec("optim", "_adam_kernel", _sig(*[_A1] * 5, *[_T] * 9, _B)),
-    KernelSpec("optim", "_sgd_kernel", _sig(*[_A1] * 3, *[_T] * 5, _B, _B)),
-    KernelSpec("optim", "_adagrad_kernel", _sig(*[_A1] * 3, *[_T] * 4)),
-    KernelSpec("optim", "_rmsprop_kernel", _sig(*[_A1] * 5, *[_T] * 7, _B)),
-    KernelSpec("optim", "_adadelta_kernel", _sig(*[_A1] * 4, *[_T] * 6)),
-    KernelSpec("optim", "_grad_sumsq_kernel", _sig(_A1, _F64_2D), accumulates="float64"),
     KernelSpec(
         "clip",
         "_norm_partials_kernel",
@@ -89,6 +85,12 @@ KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("random", "_dropout_kernel", _sig(_A1, _A1, _I, _T, "uint64", "uint64")),
     KernelSpec("random", "_uniform_kernel", _sig(_A1, _T, _T, "uint64", "uint64")),
     KernelSpec("random", "_normal_kernel", _sig(_A1, _T, _T, "uint64", "uint64")),
+    # The optimizer steps, one per rule spec: (segments, offsets, first segment per unit,
+    # scalars, flags, chunk).
+    *(
+        KernelSpec("optim", f"_{name}_kernel", _sig(_I2D, _I1, _I1, _T2D, _U2D, _I))
+        for name in specs.SPECS
+    ),
 )
 
 

@@ -70,8 +70,8 @@ class SGD(Optimizer):
         self._states[gi].steps[:] = 0
 
     @staticmethod
-    def _update(group, params, grads, state, steps, grad_scale):
-        F.sgd_(
+    def _part(group, params, grads, state, steps, grad_scale):
+        _, part = F._sgd(
             params,
             grads,
             state.get("momentum_buffer"),
@@ -83,7 +83,9 @@ class SGD(Optimizer):
             nesterov=group["nesterov"],
             maximize=group["maximize"],
             grad_scale=grad_scale,
+            check=False,
         )
+        return part
 
 
 class Adam(Optimizer):
@@ -132,9 +134,9 @@ class Adam(Optimizer):
         return (*names, "max_exp_avg_sq") if group["amsgrad"] else names
 
     @staticmethod
-    def _update(group, params, grads, state, steps, grad_scale):
+    def _part(group, params, grads, state, steps, grad_scale):
         beta1, beta2 = group["betas"]
-        F.adam_(
+        _, part = F._adam(
             params,
             grads,
             state["exp_avg"],
@@ -150,7 +152,9 @@ class Adam(Optimizer):
             maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
             grad_scale=grad_scale,
+            check=False,
         )
+        return part
 
 
 class AdamW(Adam):
@@ -232,8 +236,8 @@ class Adagrad(Optimizer):
         return True
 
     @staticmethod
-    def _update(group, params, grads, state, steps, grad_scale):
-        F.adagrad_(
+    def _part(group, params, grads, state, steps, grad_scale):
+        _, part = F._adagrad(
             params,
             grads,
             state["sum"],
@@ -244,7 +248,9 @@ class Adagrad(Optimizer):
             eps=group["eps"],
             maximize=group["maximize"],
             grad_scale=grad_scale,
+            check=False,
         )
+        return part
 
 
 class RMSprop(Optimizer):
@@ -290,8 +296,8 @@ class RMSprop(Optimizer):
         return tuple(names)
 
     @staticmethod
-    def _update(group, params, grads, state, steps, grad_scale):
-        F.rmsprop_(
+    def _part(group, params, grads, state, steps, grad_scale):
+        _, part = F._rmsprop(
             params,
             grads,
             state["square_avg"],
@@ -306,7 +312,9 @@ class RMSprop(Optimizer):
             centered=group["centered"],
             maximize=group["maximize"],
             grad_scale=grad_scale,
+            check=False,
         )
+        return part
 
 
 class Adadelta(Optimizer):
@@ -342,8 +350,8 @@ class Adadelta(Optimizer):
         return ("square_avg", "acc_delta")
 
     @staticmethod
-    def _update(group, params, grads, state, steps, grad_scale):
-        F.adadelta_(
+    def _part(group, params, grads, state, steps, grad_scale):
+        _, part = F._adadelta(
             params,
             grads,
             state["square_avg"],
@@ -355,4 +363,6 @@ class Adadelta(Optimizer):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             grad_scale=grad_scale,
+            check=False,
         )
+        return part

@@ -20,7 +20,8 @@ from pyopt._backend import (
     to_numpy,
     type_name,
 )
-from pyopt._optim_functional import FLAGS, check_hyperparameters, grad_sumsq
+from pyopt._clip import grad_sumsq
+from pyopt._optim_functional import FLAGS, Part, Plan, check_hyperparameters, run
 
 
 class StepResult(NamedTuple):
@@ -71,10 +72,10 @@ class Optimizer:
     :meth:`add_param_group`); the other entries of ``param_groups`` are read at every
     step.
 
-    A step runs one fused kernel call per run of params that lie end to end in memory
-    (with their grads): over a :class:`ParamBuffer` that is one call per group and
-    dtype, however many tensors the model has. Separately allocated arrays cost one call
-    (one kernel launch on CUDA, a few microseconds of host time on either backend) each.
+    A step is one fused kernel call (one launch on CUDA) per dtype, for every group and
+    step count, however the arrays are allocated: the kernel walks a table of their
+    addresses. A :class:`ParamBuffer` keeps the arrays adjacent, which the kernel reads
+    as one stream.
     """
 
     _rule: ClassVar[str]
@@ -88,6 +89,7 @@ class Optimizer:
         self._params: list[Any] = []
         self._states: list[_GroupState] = []
         self._backend: str | None = None
+        self._plan = Plan()  # where the params and state lie, kept between steps
         if is_array(params) or is_torch(params):
             raise TypeError(
                 "params must be an iterable of arrays, a dict name -> array or a list of "
@@ -212,15 +214,16 @@ class Optimizer:
         return 0.0
 
     @staticmethod
-    def _update(
+    def _part(
         group: dict[str, Any],
         params: list[Any],
         grads: list[Any],
         state: dict[str, list[Any] | None],
         steps: np.ndarray,
         grad_scale: float | None,
-    ) -> None:
-        """Call the rule's functional form on the params that have grads."""
+    ) -> Part:
+        """The rule's step over the params that have grads, built by its functional form
+        without validating again (:func:`pyopt._optim_functional.run` launches it)."""
         raise NotImplementedError
 
     # --- state ------------------------------------------------------------------------
@@ -358,6 +361,9 @@ class Optimizer:
                 coef = max_grad_norm / (norm + 1e-6)
                 if not coef >= 1.0:
                     scale = (grad_scale or 1.0) / coef
+        # Every group in one kernel call per dtype; a group with params lacking grads
+        # steps a copy of its step counts, written back after the call.
+        parts, partial_steps = [], []
         start = 0
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
@@ -371,14 +377,16 @@ class Optimizer:
             names = self._state_names(group)
             if len(have) == len(params):
                 state = {name: gstate.buffers[name] for name in names}
-                self._update(group, params, mine, state, gstate.steps, scale)
+                parts.append(self._part(group, params, mine, state, gstate.steps, scale))
                 continue
             steps = gstate.steps[have]
             state = {name: [gstate.buffers[name][k] for k in have] for name in names}
-            self._update(
-                group, [params[k] for k in have], [mine[k] for k in have], state, steps, scale
-            )
-            gstate.steps[have] = steps
+            picked = [params[k] for k in have], [mine[k] for k in have]
+            parts.append(self._part(group, *picked, state, steps, scale))
+            partial_steps.append((gstate.steps, have, steps))
+        run(self._backend, parts, self._plan)
+        for all_steps, have, steps in partial_steps:
+            all_steps[have] = steps
         return StepResult(grad_norm=norm, skipped=False)
 
     # --- checkpoints ------------------------------------------------------------------

@@ -47,7 +47,8 @@ import torch
 
 from pyopt import _checks, _multi
 from pyopt import optim as _pyopt_optim
-from pyopt._optim_functional import check_hyperparameters, grad_sumsq
+from pyopt._clip import grad_sumsq
+from pyopt._optim_functional import Part, Plan, check_hyperparameters, run
 from pyopt.optim._optimizer import StepResult, _step_count
 from pyopt.torch._tensors import as_array, check_float_tensor
 
@@ -255,6 +256,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
         self._flatten = flatten
         self._groups: list[_Group] = []
         self.last_step: StepResult | None = None
+        self._plans: dict[Any, Plan] = {}  # per device: where params and state lie
         super().__init__(params, defaults)
 
     # --- construction -----------------------------------------------------------------
@@ -493,12 +495,25 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 return loss
             coef = max_grad_norm / (norm + 1e-6)
             scale = 1.0 / coef if coef < 1.0 else None
-        for part in work:
-            self._apply(part, scale)
+        # One kernel call per device and dtype for all groups: parts by device, then the
+        # step counts written back.
+        parts: dict[Any, list[Part]] = {}
+        write_backs = []
+        for item in work:
+            part, write_back = self._part(item, scale)
+            parts.setdefault(item.segment.device, []).append(part)
+            write_backs.append(write_back)
+        for device, device_parts in parts.items():
+            plan = self._plans.setdefault(device, Plan())
+            run("cpu" if device.type == "cpu" else "cuda", device_parts, plan)
+        for write_back in write_backs:
+            write_back()
         self.last_step = StepResult(grad_norm=norm, skipped=False)
         return loss
 
-    def _apply(self, part: _Work, grad_scale: float | None) -> None:
+    def _part(self, part: _Work, grad_scale: float | None) -> tuple[Part, Any]:
+        """The kernel part of one piece of work (state allocated where missing), and the
+        function that stores its incremented step counts once it has run."""
         segment, group = part.segment, part.group
         hp = _hyperparameters(group)
         names = self._rules._state_names(hp)
@@ -511,9 +526,10 @@ class _FusedOptimizer(torch.optim.Optimizer):
             steps = segment.steps_host[:1].astype(np.int64)
             arrays = segment.arrays
             state = {name: [segment.state_arrays[name]] for name in names}
-            self._rules._update(hp, [arrays["params"]], [arrays["grads"]], state, steps, grad_scale)
-            segment.steps_host[:] = steps[0]
-            return
+            rule = self._rules._part(
+                hp, [arrays["params"]], [arrays["grads"]], state, steps, grad_scale
+            )
+            return rule, lambda: segment.steps_host.__setitem__(slice(None), steps[0])
         steps = segment.steps_host[part.ks].astype(np.int64)
         state = {
             name: [
@@ -522,8 +538,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
             ]
             for name in names
         }
-        self._rules._update(hp, part.params, part.grads, state, steps, grad_scale)
-        segment.steps_host[part.ks] = steps
+        rule = self._rules._part(hp, part.params, part.grads, state, steps, grad_scale)
+        return rule, lambda: segment.steps_host.__setitem__(part.ks, steps)
 
     def _has_state(self, group: dict[str, Any], segment: _Segment, k: int) -> bool:
         return group["params"][segment.members[k]] in self.state
