@@ -23,10 +23,13 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit, prange
+
+from pyopt import _reference as reference
+from pyopt._check import OPTIMIZER_CASES
 
 from .shapes import GPT2_SMALL_PARAM_SHAPES, RESNET50_BN_SHAPES, RESNET50_PARAM_SHAPES, n_params
 
@@ -61,8 +64,9 @@ class Case:
 PROVIDERS = {
     "pyopt": "the public call: validation, dispatch and output allocation included",
     "numpy": (
-        "the same math as vectorized NumPy (cupy: CuPy on CUDA), the reference every pyopt "
-        "provider is checked against once before it is timed"
+        "the same math as vectorized NumPy (cupy: CuPy on CUDA): pyopt._reference's batch "
+        "norm, optimizer steps and clipping in the case's dtype; every pyopt provider is "
+        "checked once before it is timed (against those references in float64)"
     ),
     "torch": (
         "what a torch training loop calls: fused=True optimizers where torch has them for "
@@ -102,25 +106,55 @@ BN_MLP_SHAPES = ((256, 512), (4096, 1024))
 # ResNet-50 BN inputs of --quick: the network's commonest (stage 3, 11 of its 53 layers)
 # and stage 1's (6 layers, 4x the elements, few channels).
 BN_QUICK = ((256, 14, 14), (64, 56, 56))
-# name: (pyopt / torch.optim class, hyperparameters, torch's mode, float32 bytes per param:
-# one read of the param, grad and each state tensor the rule uses, one write of the param
-# and the state).
-RULES: dict[str, tuple[str, dict, str, int]] = {
-    "Adam": ("Adam", {"lr": 1e-3}, "fused", 28),
-    "AdamW": ("AdamW", {"lr": 1e-3, "weight_decay": 1e-2}, "fused", 28),
-    "AMSGrad": ("Adam", {"lr": 1e-3, "amsgrad": True}, "fused", 36),
-    "SGD-momentum": ("SGD", {"lr": 1e-2, "momentum": 0.9}, "fused", 20),
-    "SGD-nesterov": ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True}, "fused", 20),
-    "Adagrad": ("Adagrad", {"lr": 1e-2}, "fused", 20),
-    "RMSprop": ("RMSprop", {"lr": 1e-2}, "foreach", 20),
-    "RMSprop-centered-momentum": (
-        "RMSprop",
-        {"lr": 1e-2, "centered": True, "momentum": 0.9},
-        "foreach",
-        36,
-    ),
-    "Adadelta": ("Adadelta", {"lr": 1.0}, "foreach", 28),
-}
+# The benchmarked optimizer configurations, by their names in pyopt check's
+# OPTIMIZER_CASES (the op of each: ``step_op(name)``, e.g. ``sgd_momentum_step``); the
+# bench times their hyperparameters, not their loss scale.
+OPTIMIZERS = (
+    "Adam",
+    "AdamW",
+    "AMSGrad",
+    "SGD-momentum",
+    "SGD-nesterov",
+    "Adagrad",
+    "RMSprop",
+    "RMSprop-centered-momentum",
+    "Adadelta",
+)
+# The rules torch.optim fuses on the CPU (fused=True); it runs the others foreach=True.
+TORCH_FUSED = ("Adam", "AdamW", "SGD", "Adagrad")
+
+
+class Rule(NamedTuple):
+    """A benchmarked optimizer configuration (see :data:`RULES`)."""
+
+    cls: str  # the pyopt.optim / torch.optim class
+    hp: dict[str, Any]  # its constructor's hyperparameters
+    torch_mode: str  # torch's mode for it: "fused" or "foreach"
+    bytes_per_param: int  # float32 bytes a step moves at the least
+
+
+def _bytes_per_param(cls: str, hp: dict[str, Any]) -> int:
+    """The memory traffic of one float32 param's step: its rule spec's count
+    (``RuleSpec.bytes_per_element``) under the flags these hyperparameters set, at a step
+    after the first (SGD's first step only writes the momentum buffer)."""
+    import pyopt.optim
+
+    opt = getattr(pyopt.optim, cls)([np.zeros(1, np.float32)], **hp)
+    part = opt._part(opt.param_groups[0], [], [], {}, np.zeros(0, np.int64), None)
+    flags = dict(zip(part.spec.flags, part.row(2)[1], strict=True))
+    return part.spec.bytes_per_element(4, **flags)
+
+
+def _rule(name: str) -> Rule:
+    """The configuration ``name`` of OPTIMIZER_CASES, with torch's mode and its traffic."""
+    cls, hp, _ = OPTIMIZER_CASES[name]
+    return Rule(cls, hp, "fused" if cls in TORCH_FUSED else "foreach", _bytes_per_param(cls, hp))
+
+
+# name -> the rule, its hyperparameters, torch's mode and the float32 bytes per param: one
+# read of the param, grad and each state tensor the rule uses, one write of the param and
+# the state.
+RULES: dict[str, Rule] = {name: _rule(name) for name in OPTIMIZERS}
 OPTIM_QUICK = ("Adam",)
 # A rule's torch mode in RULES -> the other mode the torch family's full run times beside it
 # (torch has no fused CPU kernel for the foreach rules).
@@ -194,28 +228,13 @@ def _case(
     array_lib = "numpy" if backend == "cpu" else "cupy"
     named = dict(zip(("pyopt", array_lib, "torch"), setups, strict=True)) | (extra or {})
     baselines = (array_lib, "torch", *extra_baselines)
-    return _named_case(family, op, label, backend, dtype, min_bytes, named, baselines, **args)
-
-
-def _named_case(
-    family: str,
-    op: str,
-    label: str,
-    backend: str,
-    dtype: np.dtype,
-    min_bytes: int,
-    named: dict[str, Callable[..., Callable[[], object]]],
-    baselines: tuple[str, ...],
-    **args: object,
-) -> Case:
-    """A case with the providers ``named`` (name -> setup), each called as
-    ``setup(rotate, backend=backend, dtype=dtype, **args)``, and speedups over
-    ``baselines``."""
-    providers = {
-        name: functools.partial(setup, backend=backend, dtype=dtype, **args)
-        for name, setup in named.items()
-    }
+    providers = _bound(named, backend=backend, dtype=dtype, **args)
     return Case(family, op, label, dtype.name, backend, min_bytes, providers, baselines)
+
+
+def _bound(named: dict[str, Callable[..., Callable[[], object]]], **args: object) -> dict:
+    """The providers of a case: each setup of ``named`` called as ``setup(rotate, **args)``."""
+    return {name: functools.partial(setup, **args) for name, setup in named.items()}
 
 
 def _label(shape: tuple[int, ...]) -> str:
@@ -287,14 +306,12 @@ def _rotating(
     return lambda: following()()
 
 
-def _check(
-    what: str, ours: Any, reference: Any, tol: float, against: str = "the array reference"
-) -> None:
-    """Raise ``AssertionError`` unless ``ours`` is within ``tol`` of ``reference`` (what
-    ``against`` names), relative to the larger of 1 and the reference's largest magnitude."""
-    ours, reference = _host(ours), _host(reference)
-    scale = max(1.0, float(np.max(np.abs(reference), initial=0.0)))
-    err = float(np.max(np.abs(ours - reference), initial=0.0)) / scale
+def _check(what: str, ours: Any, expected: Any, tol: float, against: str = "the reference") -> None:
+    """Raise ``AssertionError`` unless ``ours`` is within ``tol`` of ``expected`` (what
+    ``against`` names), relative to the larger of 1 and its largest magnitude."""
+    ours, expected = _host(ours), _host(expected)
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    err = float(np.max(np.abs(ours - expected), initial=0.0)) / scale
     if not err <= tol:
         raise AssertionError(
             f"{what}: pyopt differs from {against} by {err:.1e} (relative), more than {tol:.0e}"
@@ -344,6 +361,9 @@ def _kernel_only(
                 launch(*args, **kwargs)
             return result
 
+        # The launches' segment tables hold raw addresses of arrays that only ``call``
+        # (its optimizer's state, its grads) keeps alive.
+        replay.keeps_alive = call
         return replay
 
     return make_replay
@@ -410,47 +430,26 @@ def _bn_inputs(shape: tuple[int, ...], axis: int, dtype: np.dtype) -> tuple[np.n
     return _normal(shape, 0, dtype), _normal(shape, 1, dtype), weight, bias
 
 
-def _bn_axes(ndim: int, axis: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The reduced axes, and the shape that broadcasts a per-channel vector along ``axis``."""
-    axis %= ndim
-    channel = [1] * ndim
-    channel[axis] = -1
-    return tuple(i for i in range(ndim) if i != axis), tuple(channel)
+def _bn_checked(
+    rotate: int,
+    backend: str,
+    launcher: str,
+    what: str,
+    make: Callable[[], Callable[[], object]],
+    expected: np.ndarray,
+    kernel_only: bool,
+) -> Callable:
+    """A pyopt batch-norm provider: ``make()`` makes one call of the public op of the
+    launcher ``launcher``, whose first output (``what``) the first call checks against
+    ``expected`` (the float64 reference's); with ``kernel_only``, the launcher alone (see
+    :func:`_kernel_only`)."""
+    if kernel_only:
+        make = _kernel_only(make, backend, "batchnorm", launcher)
 
+    def check(result):
+        _check(f"{launcher} {what}", result[0], expected, 1e-4)
 
-def batch_norm_forward_ref(
-    xp: Any, x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any, axis: int
-) -> tuple[Any, Any, Any]:
-    """Training batch norm in NumPy or CuPy: ``(y, mean, invstd)`` from the batch
-    statistics; the running ones (if not None) updated in place with the unbiased var."""
-    axes, channel = _bn_axes(x.ndim, axis)
-    n = x.size // x.shape[axis]
-    mean = x.mean(axis=axes)
-    var = x.var(axis=axes)
-    invstd = 1 / xp.sqrt(var + BN_EPS)
-    if running_mean is not None:
-        running_mean *= 1 - BN_MOMENTUM
-        running_mean += BN_MOMENTUM * mean
-        running_var *= 1 - BN_MOMENTUM
-        running_var += BN_MOMENTUM * n / (n - 1) * var
-    scale = weight * invstd
-    y = x * scale.reshape(channel) + (bias - mean * scale).reshape(channel)
-    return y, mean, invstd
-
-
-def batch_norm_backward_ref(
-    xp: Any, dy: Any, x: Any, weight: Any, mean: Any, invstd: Any, axis: int
-) -> tuple[Any, Any, Any]:
-    """Training batch-norm gradients in NumPy or CuPy: ``(dx, dweight, dbias)``."""
-    axes, channel = _bn_axes(x.ndim, axis)
-    n = x.size // x.shape[axis]
-    xhat = (x - mean.reshape(channel)) * invstd.reshape(channel)
-    dbias = dy.sum(axis=axes)
-    dweight = (dy * xhat).sum(axis=axes)
-    dx = (weight * invstd).reshape(channel) * (
-        dy - (dbias / n).reshape(channel) - xhat * (dweight / n).reshape(channel)
-    )
-    return dx, dweight, dbias
+    return _rotating(make, rotate, check)
 
 
 def _bn_forward_pyopt(
@@ -459,37 +458,38 @@ def _bn_forward_pyopt(
     from pyopt.functional import batch_norm
 
     xp = _array_module(backend)
-    inputs = _bn_inputs(shape, axis, dtype)
+    x, _, weight, bias = _bn_inputs(shape, axis, dtype)
     c = shape[axis]
 
     def make():
-        x, weight, bias = (xp.array(inputs[i]) for i in (0, 2, 3))
-        rm, rv = xp.zeros(c, dtype), xp.ones(c, dtype)
         return functools.partial(
-            batch_norm, x, weight, bias, rm, rv, momentum=BN_MOMENTUM, eps=BN_EPS, axis=axis
+            batch_norm,
+            xp.array(x),
+            weight=xp.array(weight),
+            bias=xp.array(bias),
+            running_mean=xp.zeros(c, dtype),
+            running_var=xp.ones(c, dtype),
+            momentum=BN_MOMENTUM,
+            eps=BN_EPS,
+            axis=axis,
         )
 
-    def check(result):
-        x, weight, bias = (xp.array(inputs[i]) for i in (0, 2, 3))
-        y = batch_norm_forward_ref(xp, x, weight, bias, None, None, axis)[0]
-        _check("batch_norm_forward y", result[0], y, 1e-4)
-
-    if kernel_only:
-        make = _kernel_only(make, backend, "batchnorm", "batch_norm_forward")
-    return _rotating(make, rotate, check)
+    y = reference.batch_norm(x, weight, bias, eps=BN_EPS, axis=axis)[0]
+    return _bn_checked(rotate, backend, "batch_norm_forward", "y", make, y, kernel_only)
 
 
 def _bn_forward_array(
     rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int
 ) -> Callable:
     xp = _array_module(backend)
-    inputs = _bn_inputs(shape, axis, dtype)
+    x, _, weight, bias = _bn_inputs(shape, axis, dtype)
     c = shape[axis]
 
     def make():
-        x, weight, bias = (xp.array(inputs[i]) for i in (0, 2, 3))
-        rm, rv = xp.zeros(c, dtype), xp.ones(c, dtype)
-        return functools.partial(batch_norm_forward_ref, xp, x, weight, bias, rm, rv, axis)
+        # A training forward with running statistics, in the input dtype, on xp.
+        arrays = [xp.array(a) for a in (x, weight, bias, np.zeros(c, dtype), np.ones(c, dtype))]
+        where = {"axis": axis, "xp": xp, "dtype": dtype}
+        return functools.partial(reference.batch_norm, *arrays, True, BN_MOMENTUM, BN_EPS, **where)
 
     return _rotating(make, rotate)
 
@@ -540,30 +540,30 @@ def _bn_backward_pyopt(
 
     def make():
         x, dy, weight, bias = (xp.array(a) for a in inputs)
-        _, mean, invstd = batch_norm(x, weight, bias, eps=BN_EPS, axis=axis)
-        return functools.partial(batch_norm_backward, dy, x, weight, mean, invstd, axis=axis)
+        _, mean, invstd = batch_norm(x, weight=weight, bias=bias, eps=BN_EPS, axis=axis)
+        return functools.partial(
+            batch_norm_backward, dy, x, weight=weight, mean=mean, invstd=invstd, axis=axis
+        )
 
-    def check(result):
-        x, dy, weight, bias = (xp.array(a) for a in inputs)
-        _, mean, invstd = batch_norm_forward_ref(xp, x, weight, bias, None, None, axis)
-        dx = batch_norm_backward_ref(xp, dy, x, weight, mean, invstd, axis)[0]
-        _check("batch_norm_backward dx", result[0], dx, 1e-4)
-
-    if kernel_only:
-        make = _kernel_only(make, backend, "batchnorm", "batch_norm_backward")
-    return _rotating(make, rotate, check)
+    x, dy, weight, bias = inputs
+    _, mean, invstd, _, _ = reference.batch_norm(x, weight, bias, eps=BN_EPS, axis=axis)
+    dx = reference.batch_norm_backward(dy, x, weight, mean, invstd, axis=axis)[0]
+    return _bn_checked(rotate, backend, "batch_norm_backward", "dx", make, dx, kernel_only)
 
 
 def _bn_backward_array(
     rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, axis: int
 ) -> Callable:
     xp = _array_module(backend)
+    where = {"axis": axis, "xp": xp, "dtype": dtype}  # in the input dtype, on xp
     inputs = _bn_inputs(shape, axis, dtype)
 
     def make():
         x, dy, weight, bias = (xp.array(a) for a in inputs)
-        _, mean, invstd = batch_norm_forward_ref(xp, x, weight, bias, None, None, axis)
-        return functools.partial(batch_norm_backward_ref, xp, dy, x, weight, mean, invstd, axis)
+        _, mean, invstd, _, _ = reference.batch_norm(x, weight, bias, eps=BN_EPS, **where)
+        return functools.partial(
+            reference.batch_norm_backward, dy, x, weight, mean, invstd, **where
+        )
 
     return _rotating(make, rotate)
 
@@ -591,6 +591,9 @@ def _optim_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
     models = {"flat-16M": {"flat": (FLAT,)}, "resnet50": RESNET50_PARAM_SHAPES}
     if backend == "cuda":
         models["gpt2-small"] = GPT2_SMALL_PARAM_SHAPES
+    # The full run also steps ResNet-50's params as separate arrays (pyopt's segment
+    # tables: one kernel call per dtype, like a ParamBuffer's).
+    separate = {} if quick else {"resnet50 arrays": RESNET50_PARAM_SHAPES}
     setups = (_optim_pyopt, _optim_array, _optim_torch)
     extra = {
         "pyopt-kernel": functools.partial(_optim_pyopt, kernel_only=True),
@@ -599,28 +602,40 @@ def _optim_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
     out = []
     for rule in OPTIM_QUICK if quick else RULES:
         per_param = RULES[rule][3] * dtype.itemsize // 4
-        for label, shapes in models.items():
+        for label, shapes in {**models, **separate}.items():
             n = n_params(shapes)
             detail = None
             if not quick:
                 floor = rule == "Adam" and label == "flat-16M" and backend == "cpu"
                 detail = extra | ({"stream-floor": _adam_stream_floor} if floor else {})
-            args = {"rule": rule, "shapes": shapes}
+            setting = OptimSetting(rule, shapes, separate=label in separate)
             out.append(
                 _case("optim", step_op(rule), label, backend, dtype, per_param * n, setups,
-                      detail, **args)
+                      detail, setting=setting)
             )  # fmt: skip
     if not quick:  # the clipped steps after all the plain ones: one table block of them
         for rule in RULES:
             per_param = (RULES[rule][3] + 4) * dtype.itemsize // 4  # + the norm's read
             for label, shapes in models.items():
-                args = {"rule": rule, "shapes": shapes, "max_grad_norm": MAX_GRAD_NORM}
+                setting = OptimSetting(rule, shapes, MAX_GRAD_NORM)
                 min_bytes = per_param * n_params(shapes)
                 out.append(
                     _case("optim", step_op(rule), f"{label} +clip", backend, dtype, min_bytes,
-                          setups, **args)
+                          setups, setting=setting)
                 )  # fmt: skip
     return out
+
+
+class OptimSetting(NamedTuple):
+    """What an optimizer case times: a step of ``RULES[rule]`` over the params of a model
+    (``shapes``), the grads clipped by their global norm to ``max_grad_norm`` first
+    unless it is None; pyopt's params in one ``ParamBuffer``, or with ``separate`` one
+    array each (as a model's layers allocate them; the baselines are the same)."""
+
+    rule: str
+    shapes: dict[str, tuple[int, ...]]
+    max_grad_norm: float | None = None
+    separate: bool = False  # pyopt steps separately allocated arrays, not a ParamBuffer
 
 
 def _optim_inputs(
@@ -631,157 +646,49 @@ def _optim_inputs(
     return _normal((n,), 2, dtype), _normal((n,), 3, dtype, GRAD_SCALE)
 
 
-# Reference steps: ``update(xp, p, g, state, t, hp)`` updates ``p`` in place at step ``t``
-# (counted from 1); ``state(name)`` is the named state array, zeros on first use (torch's).
-def adam_step_ref(
-    xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict, decoupled: bool = False
-) -> None:
-    """One ``torch.optim.Adam`` step (``AdamW``'s with ``decoupled``) in NumPy or CuPy:
-    ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²`` (``v̂ ← max(v̂, v)`` with
-    amsgrad, else ``v̂ = v``), ``p ← p − lr/(1−β1ᵗ) · m / (√v̂/√(1−β2ᵗ) + eps)``."""
-    lr, wd = hp["lr"], hp.get("weight_decay", 0.0)
-    beta1, beta2 = hp.get("betas", (0.9, 0.999))
-    m, v = state("exp_avg"), state("exp_avg_sq")
-    if decoupled:
-        p *= 1 - lr * wd
-    elif wd:
-        g = g + wd * p
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * g * g
-    if hp.get("amsgrad"):
-        v = xp.maximum(state("max_exp_avg_sq"), v, out=state("max_exp_avg_sq"))
-    denom = xp.sqrt(v) / math.sqrt(1 - beta2**t) + hp.get("eps", 1e-8)
-    p -= lr / (1 - beta1**t) * m / denom
-
-
-def sgd_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
-    """One ``torch.optim.SGD`` step with momentum (no dampening) in NumPy or CuPy:
-    ``b ← μ·b + g`` (``b ← g`` first: the buffer starts at 0), then ``p ← p − lr·(g + μ·b)``
-    with Nesterov, else ``p ← p − lr·b``."""
-    buf = state("momentum_buffer")
-    buf *= hp["momentum"]
-    buf += g
-    p -= hp["lr"] * (g + hp["momentum"] * buf if hp.get("nesterov") else buf)
-
-
-def adagrad_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
-    """One ``torch.optim.Adagrad`` step in NumPy or CuPy: ``s ← s + g²``,
-    ``p ← p − lr · g / (√s + eps)``."""
-    total = state("sum")
-    total += g * g
-    p -= hp["lr"] * g / (xp.sqrt(total) + hp.get("eps", 1e-10))
-
-
-def rmsprop_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
-    """One ``torch.optim.RMSprop`` step in NumPy or CuPy: ``s ← α·s + (1−α)·g²``;
-    centered: ``ḡ ← α·ḡ + (1−α)·g``, ``a = √(s − ḡ²) + eps``, else ``a = √s + eps``;
-    momentum μ > 0: ``b ← μ·b + g/a``, ``p ← p − lr·b``, else ``p ← p − lr · g/a``."""
-    alpha, momentum = hp.get("alpha", 0.99), hp.get("momentum", 0.0)
-    square_avg = state("square_avg")
-    square_avg *= alpha
-    square_avg += (1 - alpha) * g * g
-    if hp.get("centered"):
-        grad_avg = state("grad_avg")
-        grad_avg *= alpha
-        grad_avg += (1 - alpha) * g
-        avg = xp.sqrt(square_avg - grad_avg * grad_avg) + hp.get("eps", 1e-8)
-    else:
-        avg = xp.sqrt(square_avg) + hp.get("eps", 1e-8)
-    if momentum > 0:
-        buf = state("momentum_buffer")
-        buf *= momentum
-        buf += g / avg
-        p -= hp["lr"] * buf
-    else:
-        p -= hp["lr"] * g / avg
-
-
-def adadelta_step_ref(xp: Any, p: Any, g: Any, state: Callable, t: int, hp: dict) -> None:
-    """One ``torch.optim.Adadelta`` step in NumPy or CuPy: ``s ← ρ·s + (1−ρ)·g²``,
-    ``d = √(a + eps)/√(s + eps) · g``, ``a ← ρ·a + (1−ρ)·d²``, ``p ← p − lr·d``."""
-    square_avg, acc_delta = state("square_avg"), state("acc_delta")
-    rho, eps = hp.get("rho", 0.9), hp.get("eps", 1e-6)
-    square_avg *= rho
-    square_avg += (1 - rho) * g * g
-    delta = xp.sqrt(acc_delta + eps) / xp.sqrt(square_avg + eps) * g
-    acc_delta *= rho
-    acc_delta += (1 - rho) * delta * delta
-    p -= hp["lr"] * delta
-
-
-# torch.optim class -> its reference step
-REFERENCE_STEPS: dict[str, Callable[..., None]] = {
-    "Adam": adam_step_ref,
-    "AdamW": functools.partial(adam_step_ref, decoupled=True),
-    "SGD": sgd_step_ref,
-    "Adagrad": adagrad_step_ref,
-    "RMSprop": rmsprop_step_ref,
-    "Adadelta": adadelta_step_ref,
-}
-
-
-def _reference_optimizer(
-    xp: Any, rule: str, p: Any, g: Any, max_grad_norm: float | None = None
-) -> Callable[[int], Any]:
-    """``step(t)``: one reference step of ``rule`` at step count ``t`` on the flat arrays
-    ``p``, ``g`` (after torch's ``clip_grad_norm_`` of ``g`` in place, with a
-    ``max_grad_norm``), returning ``p``."""
-    cls, hp, _, _ = RULES[rule]
-    update = REFERENCE_STEPS[cls]
-    state = functools.cache(lambda name: xp.zeros_like(p))
-
-    def step(t: int) -> Any:
-        if max_grad_norm is not None:
-            clip_grad_norm_ref(xp, g, max_grad_norm)
-        update(xp, p, g, state, t, hp)
-        return p
-
-    return step
-
-
 def _optim_pyopt(
-    rotate: int,
-    *,
-    backend: str,
-    dtype: np.dtype,
-    rule: str,
-    shapes: dict,
-    max_grad_norm: float | None = None,
-    kernel_only: bool = False,
+    rotate: int, *, backend: str, dtype: np.dtype, setting: OptimSetting, kernel_only=False
 ) -> Callable:
     import pyopt.optim
 
     xp = _array_module(backend)
+    rule, shapes, max_grad_norm, separate = setting
     cls, hp, _, _ = RULES[rule]
     p_host, g_host = _optim_inputs(shapes, dtype)
     clip = {} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}
+    # The reference clips the same grads at every step: pyopt's clipping leaves them as
+    # they were.
+    mult = 1.0
+    if max_grad_norm is not None:
+        mult = reference.clip_coefficient(reference.total_norm([g_host]), max_grad_norm)
 
     def make():
-        buf = pyopt.optim.ParamBuffer(shapes, dtype, device=backend)
-        buf.data[:] = xp.asarray(p_host)
-        buf.grad[:] = xp.asarray(g_host)
-        opt = getattr(pyopt.optim, cls)(buf.params, **hp)
+        if separate:
+            params = _separate(xp, p_host, shapes)
+            grads = _separate(xp, g_host, shapes)
+            written = params
+        else:
+            buf = pyopt.optim.ParamBuffer(shapes, dtype, device=backend)
+            buf.data[:] = xp.asarray(p_host)
+            buf.grad[:] = xp.asarray(g_host)
+            params, grads, written = buf.params, buf.grads, buf.data
+        opt = getattr(pyopt.optim, cls)(params, **hp)
 
         def step():
-            opt.step(buf.grads, **clip)
-            return buf.data
+            opt.step(grads, **clip)
+            return written  # the params' flat buffer, or their list
 
         return step
 
     # Kernel-only: the public steps 1 and 2, then the replay of step 2's launch.
     steps = (1, 2, 2) if kernel_only else (1,)
 
-    def check(data):
-        g = xp.array(g_host)
-        # pyopt's clipping leaves the grads as they were: clip a fresh copy at every step.
-        reference = _reference_optimizer(xp, rule, xp.array(p_host), g)
+    def check(written):
+        data = xp.concatenate([p.reshape(-1) for p in written]) if separate else written
+        expected, state = p_host, {}
         for t in steps:
-            if max_grad_norm is not None:
-                g[:] = xp.asarray(g_host)
-                clip_grad_norm_ref(xp, g, max_grad_norm)
-            expected = reference(t)
+            state["step"] = t - 1  # the step count before step t (the replay repeats step 2)
+            expected = reference.OPTIMIZERS[cls](expected, g_host, state, grad_mult=mult, **hp)
         _check(f"{rule} step{' +clip' if clip else ''}", data, expected, 1e-5)
 
     if kernel_only:
@@ -789,22 +696,34 @@ def _optim_pyopt(
     return _rotating(make, rotate, check)
 
 
-def _optim_array(
-    rotate: int,
-    *,
-    backend: str,
-    dtype: np.dtype,
-    rule: str,
-    shapes: dict,
-    max_grad_norm: float | None = None,
-) -> Callable:
+def _separate(xp: Any, flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
+    """A copy of each model param's part of the host array ``flat``, as its own array."""
+    out, start = [], 0
+    for shape in shapes.values():
+        size = math.prod(shape)
+        out.append(xp.array(flat[start : start + size].reshape(shape)))
+        start += size
+    return out
+
+
+def _optim_array(rotate: int, *, backend: str, dtype: np.dtype, setting: OptimSetting) -> Callable:
     xp = _array_module(backend)
+    rule, shapes, max_grad_norm, _ = setting
+    cls, hp, _, _ = RULES[rule]
+    update = reference.OPTIMIZERS[cls]
     p_host, g_host = _optim_inputs(shapes, dtype)
 
     def make():
-        step = _reference_optimizer(xp, rule, xp.array(p_host), xp.array(g_host), max_grad_norm)
-        counts = itertools.count(1)
-        return lambda: step(next(counts))
+        p, g, state = xp.array(p_host), xp.array(g_host), {}
+
+        def step():
+            nonlocal p
+            if max_grad_norm is not None:
+                clip_grad_norm_ref(xp, g, max_grad_norm)
+            p = update(p, g, state, xp=xp, dtype=dtype, **hp)
+            return p
+
+        return step
 
     return _rotating(make, rotate)
 
@@ -852,16 +771,10 @@ def _torch_params(
 
 
 def _optim_torch(
-    rotate: int,
-    *,
-    backend: str,
-    dtype: np.dtype,
-    rule: str,
-    shapes: dict,
-    max_grad_norm: float | None = None,
-    mode: str | None = None,
+    rotate: int, *, backend: str, dtype: np.dtype, setting: OptimSetting, mode: str | None = None
 ) -> Callable:
     torch = _torch(backend)
+    rule, shapes, max_grad_norm, _ = setting
     p_host, g_host = _optim_inputs(shapes, dtype)
 
     def make():
@@ -892,19 +805,21 @@ def _torch_optim_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]
             named[f"torch-{other}"] = functools.partial(_optim_torch, mode=other)
         min_bytes = RULES[rule][3] * dtype.itemsize // 4 * n_params(shapes)
         baselines = tuple(name for name in named if name != "pyopt")
+        providers = _bound(named, backend=backend, dtype=dtype, setting=OptimSetting(rule, shapes))
         out.append(
-            _named_case("torch", step_op(rule), "resnet50 nn.Parameter", backend, dtype,
-                        min_bytes, named, baselines, rule=rule, shapes=shapes)
+            Case("torch", step_op(rule), "resnet50 nn.Parameter", dtype.name, backend,
+                 min_bytes, providers, baselines)
         )  # fmt: skip
     return out
 
 
 def _torch_optim_pyopt(
-    rotate: int, *, backend: str, dtype: np.dtype, rule: str, shapes: dict
+    rotate: int, *, backend: str, dtype: np.dtype, setting: OptimSetting
 ) -> Callable:
     torch = _torch(backend)
     import pyopt.torch.optim
 
+    rule, shapes, _, _ = setting
     cls, hp, _, _ = RULES[rule]
     p_host, g_host = _optim_inputs(shapes, dtype)
 
@@ -925,13 +840,13 @@ def _torch_optim_pyopt(
         return step
 
     def check(params):
-        reference = _torch_params(torch, shapes, g_host, backend, p_host)
-        _torch_optimizer(torch, rule, reference).step()
+        theirs = _torch_params(torch, shapes, g_host, backend, p_host)
+        _torch_optimizer(torch, rule, theirs).step()
 
         def flat(tensors):
             return torch.cat([t.detach().reshape(-1) for t in tensors]).cpu().numpy()
 
-        _check(f"{rule} step", flat(params), flat(reference), 1e-5, "torch.optim's")
+        _check(f"{rule} step", flat(params), flat(theirs), 1e-5, "torch.optim's")
 
     return _rotating(make, rotate, check)
 
@@ -947,11 +862,11 @@ def _adam_traffic(param, grad, exp_avg, exp_avg_sq):
 
 
 def _adam_stream_floor(
-    rotate: int, *, backend: str, dtype: np.dtype, rule: str, shapes: dict
+    rotate: int, *, backend: str, dtype: np.dtype, setting: OptimSetting
 ) -> Callable:
     if backend != "cpu":
         raise Unavailable("the stream floor is a Numba CPU loop")
-    p_host, g_host = _optim_inputs(shapes, dtype)
+    p_host, g_host = _optim_inputs(setting.shapes, dtype)
 
     def make():
         arrays = (p_host.copy(), g_host.copy(), np.zeros_like(p_host), np.zeros_like(p_host))
@@ -970,7 +885,11 @@ def _dropout_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
             {"torch-native": functools.partial(_dropout_torch, native=True)},
         ),
         "dropout_backward": (
-            (_dropout_backward_pyopt, _dropout_backward_array, _dropout_backward_torch),
+            (
+                functools.partial(_dropout_pyopt, backward=True),
+                _dropout_backward_array,
+                _dropout_backward_torch,
+            ),
             {},
         ),
     }
@@ -1007,18 +926,30 @@ def _check_dropout(what: str, y: Any, x_host: np.ndarray, p: float) -> np.ndarra
     return kept
 
 
-def _dropout_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
-    from pyopt.functional import dropout
+def _dropout_pyopt(
+    rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float, backward=False
+):
+    """pyopt's ``dropout`` of x (N(0, 1)), or with ``backward`` its ``dropout_backward`` of
+    dy (another N(0, 1)), whose mask must be the forward's at the same offset."""
+    from pyopt.functional import dropout, dropout_backward
 
     xp = _array_module(backend)
-    x_host = _normal(shape, 0, dtype)
+    call = dropout_backward if backward else dropout
+    host = _normal(shape, int(backward), dtype)
     offsets = itertools.count()
 
     def make():
-        x = xp.array(x_host)
-        return lambda: dropout(x, p, seed=SEED, offset=next(offsets))
+        arr = xp.array(host)
+        return lambda: call(arr, p, seed=SEED, offset=next(offsets))
 
-    return _rotating(make, rotate, lambda y: _check_dropout("dropout", y, x_host, p))
+    def check(out):
+        kept = _check_dropout(call.__name__, out, host, p)
+        if backward:
+            forward = _host(dropout(xp.ones(shape, dtype), p, seed=SEED, offset=0)) != 0
+            if not np.array_equal(kept, forward):
+                raise AssertionError("dropout_backward's mask is not its forward's (same offset)")
+
+    return _rotating(make, rotate, check)
 
 
 def _dropout_array(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
@@ -1037,26 +968,6 @@ def _dropout_torch(
     return _rotating(
         lambda: functools.partial(drop, _tensor(torch, x_host, backend), p, True), rotate
     )
-
-
-def _dropout_backward_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
-    from pyopt.functional import dropout, dropout_backward
-
-    xp = _array_module(backend)
-    dy_host = _normal(shape, 1, dtype)
-    offsets = itertools.count()
-
-    def make():
-        dy = xp.array(dy_host)
-        return lambda: dropout_backward(dy, p, seed=SEED, offset=next(offsets))
-
-    def check(dx):
-        kept = _check_dropout("dropout_backward", dx, dy_host, p)
-        forward = _host(dropout(xp.ones(shape, dtype), p, seed=SEED, offset=0)) != 0
-        if not np.array_equal(kept, forward):
-            raise AssertionError("dropout_backward's mask is not its forward's (same offset)")
-
-    return _rotating(make, rotate, check)
 
 
 def _dropout_backward_array(rotate: int, *, backend: str, dtype: np.dtype, shape: tuple, p: float):
@@ -1089,25 +1000,24 @@ def _clip_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
     models = {"flat-16M": {"flat": (FLAT,)}, "resnet50": RESNET50_PARAM_SHAPES}
     if quick:
         del models["flat-16M"]
-    ops = {
-        # The norm reads the grads; the scaling reads and writes them.
-        "clip_grad_norm_": (3, (_clip_norm_pyopt, _clip_norm_array, _clip_norm_torch)),
-        # One pass that reads and writes them.
-        "clip_grad_value_": (2, (_clip_value_pyopt, _clip_value_array, _clip_value_torch)),
-    }
+    # The norm reads the grads and the scaling reads and writes them; clip_grad_value_ is
+    # one pass that reads and writes them.
+    passes = {"clip_grad_norm_": 3, "clip_grad_value_": 2}
+    setups = (_clip_pyopt, _clip_array, _clip_torch)
     return [
-        _case("clip", op, label, backend, dtype, passes * dtype.itemsize * n_params(shapes),
-              setups, shapes=shapes)
-        for op, (passes, setups) in itertools.islice(ops.items(), 1 if quick else None)
+        _case("clip", op, label, backend, dtype, n * dtype.itemsize * n_params(shapes), setups,
+              shapes=shapes, clip=op)
+        for op, n in itertools.islice(passes.items(), 1 if quick else None)
         for label, shapes in models.items()
     ]  # fmt: skip
 
 
 def clip_grad_norm_ref(xp: Any, grad: Any, max_norm: float) -> Any:
-    """``torch.nn.utils.clip_grad_norm_`` on one flat grad array in NumPy or CuPy:
-    scale by ``min(max_norm / (‖g‖ + 1e-6), 1)``; returns ‖g‖ (without a device sync)."""
-    norm = xp.linalg.norm(grad)
-    grad *= xp.minimum(max_norm / (norm + 1e-6), 1.0)
+    """``torch.nn.utils.clip_grad_norm_`` on one flat grad array in NumPy or CuPy, in its
+    dtype (pyopt._reference's norm and coefficient): scaled in place; returns ‖g‖
+    (without a device sync)."""
+    norm = reference.total_norm([grad], xp=xp, dtype=grad.dtype)
+    grad *= reference.clip_coefficient(norm, max_norm, xp=xp)
     return norm
 
 
@@ -1124,16 +1034,9 @@ def _shrinking(clip: Callable[[float], object], n: int) -> Callable[[], object]:
     return call
 
 
-def _norm64(x: np.ndarray) -> float:
-    """The L2 norm of ``x`` summed in float64 (NumPy's float32 norm is off by ~1e-4 at 25M)."""
-    return math.sqrt(np.sum(np.square(x, dtype=np.float64)))
-
-
-def _clip_buffers(
-    backend: str, dtype: np.dtype, shapes: dict, clip: Callable[[dict, int], Callable[[], object]]
-) -> tuple[Callable[[], Callable[[], object]], list[Any], np.ndarray]:
-    """``make()`` of a pyopt clipping provider: a new ``ParamBuffer`` holding the grads,
-    and ``clip(buf.grads, n)`` its call; also the buffers made, and the host grads."""
+def _clip_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict, clip: str) -> Callable:
+    """pyopt's ``clip_grad_norm_`` (with a shrinking max norm) or ``clip_grad_value_``
+    on the grads of a new ``ParamBuffer``."""
     import pyopt
 
     xp = _array_module(backend)
@@ -1144,89 +1047,48 @@ def _clip_buffers(
         buf = pyopt.optim.ParamBuffer(shapes, dtype, device=backend)
         buf.grad[:] = xp.asarray(g_host)
         buffers.append(buf)
-        return clip(buf.grads, g_host.size)
-
-    return make, buffers, g_host
-
-
-def _clip_norm_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
-    import pyopt
-
-    make, buffers, g_host = _clip_buffers(
-        backend,
-        dtype,
-        shapes,
-        lambda grads, n: _shrinking(lambda max_norm: pyopt.clip_grad_norm_(grads, max_norm), n),
-    )
+        if clip == "clip_grad_value_":
+            return functools.partial(pyopt.clip_grad_value_, buf.grads, CLIP_VALUE)
+        return _shrinking(lambda max_norm: pyopt.clip_grad_norm_(buf.grads, max_norm), g_host.size)
 
     def check(total):
-        norms = [float(total), _norm64(_host(buffers[0].grad))]
-        expected = [_norm64(g_host), GRAD_SCALE * math.sqrt(g_host.size) * CLIP_SHRINK]
-        _check("clip_grad_norm_ total and clipped norms", np.array(norms), np.array(expected), 1e-4)
+        grads = _host(buffers[0].grad)
+        if clip == "clip_grad_value_":
+            _check(f"{clip} grads", grads, np.clip(g_host, -CLIP_VALUE, CLIP_VALUE), 0.0)
+            return
+        # Norms in float64: NumPy's float32 norm is off by ~1e-4 at 25M elements.
+        norms = [float(total), float(reference.total_norm([grads]))]
+        clipped = GRAD_SCALE * math.sqrt(g_host.size) * CLIP_SHRINK
+        expected = [float(reference.total_norm([g_host])), clipped]
+        _check(f"{clip} total and clipped norms", np.array(norms), np.array(expected), 1e-4)
 
     return _rotating(make, rotate, check)
 
 
-def _clip_norm_array(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
+def _clip_array(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict, clip: str) -> Callable:
     xp = _array_module(backend)
     g_host = _optim_inputs(shapes, dtype)[1]
 
     def make():
         grad = xp.array(g_host)
-        return _shrinking(lambda max_norm: clip_grad_norm_ref(xp, grad, max_norm), g_host.size)
+        if clip == "clip_grad_value_":
+            return functools.partial(xp.clip, grad, -CLIP_VALUE, CLIP_VALUE, out=grad)
+        return _shrinking(lambda max_norm: clip_grad_norm_ref(xp, grad, max_norm), grad.size)
 
     return _rotating(make, rotate)
 
 
-def _clip_norm_torch(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
+def _clip_torch(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict, clip: str) -> Callable:
     torch = _torch(backend)
     g_host = _optim_inputs(shapes, dtype)[1]
+    utils = torch.nn.utils
 
     def make():
         params = _torch_params(torch, shapes, g_host, backend)
-        return _shrinking(
-            lambda max_norm: torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True),
-            g_host.size,
-        )
-
-    return _rotating(make, rotate)
-
-
-def _clip_value_pyopt(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
-    import pyopt
-
-    make, buffers, g_host = _clip_buffers(
-        backend,
-        dtype,
-        shapes,
-        lambda grads, n: functools.partial(pyopt.clip_grad_value_, grads, CLIP_VALUE),
-    )
-
-    def check(_):
-        clipped = np.clip(g_host, -CLIP_VALUE, CLIP_VALUE)
-        _check("clip_grad_value_ grads", _host(buffers[0].grad), clipped, 0.0)
-
-    return _rotating(make, rotate, check)
-
-
-def _clip_value_array(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
-    xp = _array_module(backend)
-    g_host = _optim_inputs(shapes, dtype)[1]
-
-    def make():
-        grad = xp.array(g_host)
-        return functools.partial(xp.clip, grad, -CLIP_VALUE, CLIP_VALUE, out=grad)
-
-    return _rotating(make, rotate)
-
-
-def _clip_value_torch(rotate: int, *, backend: str, dtype: np.dtype, shapes: dict) -> Callable:
-    torch = _torch(backend)
-    g_host = _optim_inputs(shapes, dtype)[1]
-
-    def make():
-        params = _torch_params(torch, shapes, g_host, backend)
-        return functools.partial(torch.nn.utils.clip_grad_value_, params, CLIP_VALUE, foreach=True)
+        if clip == "clip_grad_value_":
+            return functools.partial(utils.clip_grad_value_, params, CLIP_VALUE, foreach=True)
+        norm_clip = functools.partial(utils.clip_grad_norm_, params, foreach=True)
+        return _shrinking(lambda max_norm: norm_clip(max_norm=max_norm), g_host.size)
 
     return _rotating(make, rotate)
 

@@ -41,6 +41,7 @@ from typing import IO, Any
 import numba
 import numpy as np
 
+from pyopt._check import add_family_option
 from pyopt._progress import KernelLoad, Progress
 
 from . import cases as case_module
@@ -117,14 +118,17 @@ else:
     xp, sync = np, lambda: None
 x = xp.asarray(np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(dtype))
 w, b = xp.ones(3, dtype), xp.zeros(3, dtype)
+rm, rv = xp.zeros(3, dtype), xp.ones(3, dtype)
 buf = pyopt.optim.ParamBuffer({"w": (3, 5), "b": (5,)}, dtype, device=backend)
 saved = {}
 F = pyopt.functional
 calls = {
     "batch_norm_forward": lambda: saved.update(
-        zip("ymi", F.batch_norm(x, w, b, xp.zeros_like(w), xp.ones_like(w)))
+        zip("ymi", F.batch_norm(x, weight=w, bias=b, running_mean=rm, running_var=rv))
     ),
-    "batch_norm_backward": lambda: F.batch_norm_backward(x, x, w, saved["m"], saved["i"]),
+    "batch_norm_backward": lambda: F.batch_norm_backward(
+        x, x, weight=w, mean=saved["m"], invstd=saved["i"]
+    ),
     "dropout_forward": lambda: F.dropout(x, 0.1, seed=1),
     "dropout_backward": lambda: F.dropout_backward(x, 0.1, seed=1),
     "clip_grad_norm_": lambda: pyopt.clip_grad_norm_(buf.grads, 1.0),
@@ -170,32 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: the CPU, and the GPU when CUDA is usable",
     )
-    parser.add_argument(
-        "--family",
-        action="append",
-        choices=FAMILIES,
-        metavar="NAME",
-        help=f"only this kernel family (repeatable; one of {', '.join(FAMILIES)})",
-    )
+    add_family_option(parser, FAMILIES)
     parser.add_argument(
         "--dtype", choices=DTYPES, default="float32", help="element type of every case"
     )
     parser.add_argument(
         "--repeats", type=int, metavar="N", help="timed calls per provider (default: 30, --quick 5)"
     )
-    parser.add_argument(
-        "--plot", action="store_true", help="also write speedup.png and bandwidth.png"
-    )
-    parser.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress bar or progress lines on stderr (only the results on stdout)",
-    )
-    parser.add_argument(
-        "--no-compile-times",
-        action="store_true",
-        help="skip the cold/warm first-call subprocesses",
-    )
+    for switch, text in (
+        ("--plot", "also write speedup.png and bandwidth.png"),
+        (
+            "--no-progress",
+            "no progress bar or progress lines on stderr (only the results on stdout)",
+        ),
+        ("--no-compile-times", "skip the cold/warm first-call subprocesses"),
+    ):
+        parser.add_argument(switch, action="store_true", help=text)
     return parser
 
 

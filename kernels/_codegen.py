@@ -5,6 +5,9 @@ source (one scaffold per backend). :func:`define` executes such source into a mo
 namespace from a file named by the source's hash, so that Numba's on-disk cache (which
 keys a kernel by its file) keeps working across processes, and tracebacks show the code.
 
+:func:`segment_walk` is the part of a segment-table kernel both backends share: the walk
+of one unit of work over the segments it overlaps.
+
 :func:`address_intrinsic` makes the intrinsic the segment-table kernels read tensors
 through: an integer address (a table entry) as a typed pointer, for the CPU
 (``numba.core.extending.intrinsic``; wrapped in ``numba.carray``) or CUDA
@@ -48,6 +51,27 @@ def define(namespace: dict[str, Any], stem: str, source: str) -> None:
         partial.write_text(source)
         os.replace(partial, path)
     exec(compile(source, str(path), "exec"), namespace)
+
+
+def segment_walk(unit: str, body: str) -> str:
+    """Source of the walk of unit ``unit`` (a variable of the kernel) over the segments it
+    overlaps, at 8 spaces: for each piece, ``body`` (source at 12 spaces) runs with ``s``
+    the segment, ``[a, b)`` the piece's elements within it and ``row`` its scalar row.
+
+    The kernel's arguments are those of ``specs.unit_table``'s users: ``segments``,
+    ``offsets``, ``first_segment`` (the unit table) and ``chunk``; ``total`` is
+    ``offsets[-1]``.
+    """
+    return f"""\
+        lo = {unit} * chunk
+        hi = min(lo + chunk, total)
+        s = first_segment[{unit}]
+        while s < segments.shape[0] and offsets[s] < hi:
+            a = max(lo, offsets[s]) - offsets[s]
+            b = min(hi, offsets[s + 1]) - offsets[s]
+            row = segments[s, 0]
+{body}
+            s += 1"""
 
 
 def address_intrinsic(intrinsic):

@@ -43,6 +43,82 @@ def normalized(x, mean, scale, shift):
     return (x - mean) * scale + shift
 
 
+# --- Batch-norm finalize and backward (kernels/*/batchnorm.py) ----------------------
+#
+# Precision: each backend passes these rules the type it accumulates in, and they
+# compute in that type. The CPU merges its partials in float64 and calls them in float64
+# (widening the x.dtype per-channel operands); CUDA merges in x.dtype and calls them in
+# x.dtype, so a float32 kernel stays float32 (the PTX gate checks). Per-channel results
+# are rounded to x.dtype once, when stored; per-element math is in x.dtype on both.
+
+
+def inverse_std(var, eps):
+    """``invstd = 1 / √(var + eps)``, as ``√(1 / (var + eps))``: as accurate (within an
+    ulp), and typed by the quotient. (Under the CUDA simulator ``math.sqrt`` returns a
+    Python float, which ``np.float32(1) / ·`` would round to float32 even for float64.)"""
+    return math.sqrt(np.float32(1) / (var + eps))
+
+
+def batch_norm_statistics(n, mean, m2, running_mean, running_var, momentum, eps, update_running):
+    """One channel's merged statistics (count n, mean, M2 = Σ (x − mean)²) finalized:
+    ``(invstd, running_mean, running_var)``.
+
+    ``var = M2 / n`` (biased: what normalizes), ``invstd = 1 / √(var + eps)``. With
+    ``update_running``: ``running_mean ← (1 − momentum)·running_mean + momentum·mean``,
+    ``running_var ← (1 − momentum)·running_var + momentum·M2 / (n − 1)`` (unbiased; NaN
+    for n = 1, as ``torch.native_batch_norm``); else the running statistics are returned
+    unchanged. M2 is clamped at 0 first: a corrected two-pass sum can round a zero M2
+    below it (NaN passes).
+    """
+    if m2 < np.float32(0):
+        m2 = np.float32(0)
+    invstd = inverse_std(m2 / n, eps)
+    if update_running:
+        running_mean = running_update(running_mean, mean, momentum)
+        running_var = running_update(running_var, m2 / (n - np.float32(1)), momentum)
+    return invstd, running_mean, running_var
+
+
+def batch_norm_grad_coefficients(sum_dy, sum_dyx, weight, invstd, n):
+    """One channel's backward coefficients from ``Σ dy`` and ``Σ dy·(x − mean)`` over its
+    n elements: ``(dweight, a, b, d)`` (``dbias`` is ``Σ dy`` itself).
+
+    ``dweight = invstd·Σ dy·(x − mean) = Σ dy·xhat``, and the coefficients of
+    :func:`batch_norm_grad_input`: ``a = weight·invstd``, ``b = a·invstd·dweight / n``,
+    ``d = a·Σ dy / n``.
+    """
+    dweight = sum_dyx * invstd
+    a = weight * invstd
+    return dweight, a, a * invstd * dweight / n, a * sum_dy / n
+
+
+def batch_norm_grad_input(dy, x, mean, a, b, d, training):
+    """One element's ``dx`` from the coefficients of :func:`batch_norm_grad_coefficients`.
+
+    Training (through the batch statistics): ``dx = a·dy − b·(x − mean) − d``, that is
+    ``weight·invstd·(dy − mean(dy) − xhat·mean(dy·xhat))``. Eval: ``dx = a·dy``
+    (``weight·invstd·dy``; ``x`` is not used).
+    """
+    if training:
+        return a * dy - b * (x - mean) - d
+    return a * dy
+
+
+def compiled_batch_norm(jit):
+    """The batch-norm rules compiled by ``jit`` (:func:`compiled`), one call per backend:
+    ``(normalized, inverse_std, batch_norm_statistics, batch_norm_grad_coefficients,
+    batch_norm_grad_input)``, each bound to the compiled rules it calls."""
+    inverse = compiled(jit, inverse_std)
+    update = compiled(jit, running_update)
+    return (
+        compiled(jit, normalized),
+        inverse,
+        compiled(jit, batch_norm_statistics, inverse_std=inverse, running_update=update),
+        compiled(jit, batch_norm_grad_coefficients),
+        compiled(jit, batch_norm_grad_input),
+    )
+
+
 def compiled(jit, fn, **helpers):
     """``fn`` compiled by ``jit`` (``njit(inline="always")`` or a CUDA device ``jit``),
     with the rules it calls bound to their compiled versions ``helpers``.

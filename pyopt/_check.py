@@ -70,7 +70,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -166,46 +166,66 @@ SIZES = {
     ),
 }
 
-# (rule, hyperparameters in torch.optim's names, plus the functional forms' grad_scale):
-# every flag of every rule at least once.
-OPTIMIZER_CASES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("SGD", {"lr": 0.1}),
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True, "grad_scale": 8.0}),
-    ("Adam", {"lr": 0.01}),
-    ("Adam", {"lr": 0.01, "betas": (0.4, 0.9), "weight_decay": 0.1, "amsgrad": True}),
-    ("Adam", {"lr": 0.01, "maximize": True, "eps": 1e-3, "grad_scale": 1024.0}),
-    ("AdamW", {"lr": 0.01}),
-    ("AdamW", {"lr": 0.01, "weight_decay": 0.5, "amsgrad": True, "maximize": True}),
-    ("Adagrad", {"lr": 0.1}),
-    ("Adagrad", {"lr": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.5, "maximize": True}),
-    ("RMSprop", {"lr": 0.01}),
-    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5, "weight_decay": 0.1}),
-    ("RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "maximize": True}),
-    ("Adadelta", {}),
-    ("Adadelta", {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1, "maximize": True}),
-)
-# rule -> (functional step, its state lists in argument order, the reference's state key
-# of each).
-_RULES: dict[str, tuple[Callable[..., None], tuple[str, ...], tuple[str, ...]]] = {
-    "SGD": (F.sgd_, ("momentum_buffers",), ("momentum_buffer",)),
-    "Adam": (
-        F.adam_,
-        ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
-        ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+
+class OptimizerCase(NamedTuple):
+    """An optimizer configuration of :data:`OPTIMIZER_CASES`.
+
+    Attributes:
+        rule: the ``torch.optim`` (and :mod:`pyopt.optim`) class.
+        kwargs: its constructor's hyperparameters, by torch.optim's names.
+        grad_scale: the loss scale the gradients carry (the functional forms' and
+            :meth:`pyopt.optim.Optimizer.step`'s ``grad_scale``, a ``GradScaler``'s in
+            torch), or None.
+    """
+
+    rule: str
+    kwargs: dict[str, Any]
+    grad_scale: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The rule and every setting, e.g. ``Adam(lr=0.01, grad_scale=1024.0)``."""
+        scale = {} if self.grad_scale is None else {"grad_scale": self.grad_scale}
+        options = ", ".join(f"{k}={v}" for k, v in {**self.kwargs, **scale}.items())
+        return f"{self.rule}({options})"
+
+
+# The optimizer configurations of pyopt check, tests/test_optim.py, tests/test_torch_optim.py
+# and pyopt bench (which times the ones its ``RULES`` name): every flag of every rule at
+# least once.
+OPTIMIZER_CASES: dict[str, OptimizerCase] = {
+    "SGD": OptimizerCase("SGD", {"lr": 0.1}),
+    "SGD-momentum": OptimizerCase(
+        "SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}
     ),
-    "AdamW": (
-        F.adamw_,
-        ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
-        ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "SGD-nesterov": OptimizerCase(
+        "SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True}, 8.0
     ),
-    "Adagrad": (F.adagrad_, ("state_sums",), ("sum",)),
-    "RMSprop": (
-        F.rmsprop_,
-        ("square_avgs", "grad_avgs", "momentum_buffers"),
-        ("square_avg", "grad_avg", "momentum_buffer"),
+    "Adam": OptimizerCase("Adam", {"lr": 0.01}),
+    "AMSGrad": OptimizerCase(
+        "Adam", {"lr": 0.01, "betas": (0.4, 0.9), "weight_decay": 0.1, "amsgrad": True}
     ),
-    "Adadelta": (F.adadelta_, ("square_avgs", "acc_deltas"), ("square_avg", "acc_delta")),
+    "Adam-maximize": OptimizerCase("Adam", {"lr": 0.01, "maximize": True, "eps": 1e-3}, 1024.0),
+    "AdamW": OptimizerCase("AdamW", {"lr": 0.01}),
+    "AdamW-amsgrad": OptimizerCase(
+        "AdamW", {"lr": 0.01, "weight_decay": 0.5, "amsgrad": True, "maximize": True}
+    ),
+    "Adagrad": OptimizerCase("Adagrad", {"lr": 0.1}),
+    "Adagrad-decay": OptimizerCase(
+        "Adagrad",
+        {"lr": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.5, "maximize": True},
+    ),
+    "RMSprop": OptimizerCase("RMSprop", {"lr": 0.01}),
+    "RMSprop-centered-momentum": OptimizerCase(
+        "RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5, "weight_decay": 0.1}
+    ),
+    "RMSprop-momentum": OptimizerCase(
+        "RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "maximize": True}
+    ),
+    "Adadelta": OptimizerCase("Adadelta", {}),
+    "Adadelta-decay": OptimizerCase(
+        "Adadelta", {"lr": 0.5, "rho": 0.5, "weight_decay": 0.1, "maximize": True}
+    ),
 }
 CLIP_NORM_TYPES = (2.0, 1.0, math.inf, -math.inf, 3.0, 0.5)
 # (initializer, keyword arguments): every function, mode and nonlinearity branch.
@@ -354,8 +374,9 @@ def _batch_norm_forward(device, case, shape, axis, training, affine, dtype) -> f
     dev = {k: _put(device, v) for k, v in inp.items()}
     w, b = (dev["weight"], dev["bias"]) if affine else (None, None)
     y, mean, invstd = F.batch_norm(
-        dev["x"], w, b, dev["running_mean"], dev["running_var"],
-        training=training, momentum=BN_MOMENTUM, eps=BN_EPS, axis=axis,
+        dev["x"], weight=w, bias=b, running_mean=dev["running_mean"],
+        running_var=dev["running_var"], training=training, momentum=BN_MOMENTUM, eps=BN_EPS,
+        axis=axis,
     )  # fmt: skip
     outputs = (y, mean, invstd, dev["running_mean"], dev["running_var"])
     ref = _batch_norm_reference(inp, training, affine, axis)
@@ -370,8 +391,8 @@ def _batch_norm_backward(device, case, shape, axis, training, affine, dtype) -> 
     weight = inp["weight"] if affine else None
     got = F.batch_norm_backward(
         _put(device, inp["dy"]), _put(device, inp["x"]),
-        None if weight is None else _put(device, weight),
-        _put(device, mean), _put(device, invstd), training=training, axis=axis,
+        weight=None if weight is None else _put(device, weight),
+        mean=_put(device, mean), invstd=_put(device, invstd), training=training, axis=axis,
     )  # fmt: skip
     want = reference.batch_norm_backward(inp["dy"], inp["x"], weight, mean, invstd, training, axis)
     if not affine:
@@ -430,15 +451,17 @@ def _columns(device: str, hosts: list[np.ndarray], layout: str) -> list[Any]:
 def _functional_steps(device, rule, hp, grad_scale, layout, params, grads) -> tuple:
     """The steps through the functional form of ``rule`` (``pyopt.functional.adam_``...)
     on ``layout`` arrays: see :func:`_optimizer` for the arguments and what it returns."""
-    step, state_names, state_keys = _RULES[rule]
+    step = getattr(F, f"{rule.lower()}_")
+    # Its state lists, in argument order: those of the pyopt.optim class (torch's names).
+    state_keys = getattr(pyopt.optim, rule)._state_args
     kwargs = {k: v for k, v in hp.items() if k != "initial_accumulator_value"}
     kwargs["grad_scale"] = grad_scale
     if "betas" in kwargs:
         kwargs["beta1"], kwargs["beta2"] = kwargs.pop("betas")
     dev_params = _columns(device, params, layout)
     states = []
-    for name in state_names:
-        fill = hp.get("initial_accumulator_value", 0.0) if name == "state_sums" else 0.0
+    for key in state_keys:
+        fill = hp.get("initial_accumulator_value", 0.0) if key == "sum" else 0.0
         states.append(_columns(device, [np.full_like(p, fill) for p in params], layout))
     state_steps = np.zeros(len(params), np.int64)
     for step_grads in grads:
@@ -449,16 +472,16 @@ def _functional_steps(device, rule, hp, grad_scale, layout, params, grads) -> tu
     return dev_params, per_param, state_steps
 
 
-def _optimizer(device, case, rule, hp, layout, shapes, steps, dtype, through) -> float:
-    """``steps`` steps of ``rule`` with hyperparameters ``hp`` on params of ``shapes``,
+def _optimizer(device, case, config, layout, shapes, steps, dtype, through) -> float:
+    """``steps`` steps of the :class:`OptimizerCase` ``config`` on params of ``shapes``,
     made by ``through``, against the reference rule.
 
     ``through(device, rule, hp, grad_scale, layout, params, grads)`` runs the steps from
     the host ``params`` with the host ``grads`` (one list per step, multiplied by the
-    loss scale ``grad_scale`` when not None; ``hp`` without it) and returns ``(params,
-    states, step counts)``: the params after the last step, per param a dict of its state
-    tensors by the reference's (torch's) names, the per-param step counts (None where the
-    optimizer keeps none).
+    loss scale ``grad_scale`` when not None) and returns ``(params, states, step
+    counts)``: the params after the last step, per param a dict of its state tensors by
+    the reference's (torch's) names, the per-param step counts (None where the optimizer
+    keeps none).
     """
     rng = _rng(case)
     # Gradients of magnitude >= 0.5 and params in [-2, 2]: g + λ·p (λ <= 0.1 here) never
@@ -466,8 +489,7 @@ def _optimizer(device, case, rule, hp, layout, shapes, steps, dtype, through) ->
     # would turn float32 rounding into an O(lr) difference: an ill-conditioned input that
     # no float32 kernel (nor torch) gets right, not a kernel error.
     params = [rng.uniform(-2.0, 2.0, s).astype(dtype) for s in shapes]
-    hp = dict(hp)
-    grad_scale = hp.pop("grad_scale", None)
+    rule, hp, grad_scale = config
     # Scaled by the loss scale (a power of two: exact), as a mixed-precision step gets them.
     grads = [
         [(_signed(rng, s) * (grad_scale or 1.0)).astype(dtype) for s in shapes]
@@ -498,11 +520,10 @@ def _optimizer_rows(device, sizes, family, prefix, through) -> Iterator[Check]:
         dtype = np.dtype(dtype_name)
         for layout, shapes in sizes.optimizer:
             where = f"{layout} {_sizes(math.prod(s) for s in shapes)}"
-            for rule, hp in OPTIMIZER_CASES:
-                options = ", ".join(f"{k}={v}" for k, v in hp.items())
-                case = f"{prefix}{rule}({options}) x{sizes.steps} {where} {dtype_name}"
+            for config in OPTIMIZER_CASES.values():
+                case = f"{prefix}{config.label} x{sizes.steps} {where} {dtype_name}"
                 run = functools.partial(
-                    _optimizer, device, case, rule, hp, layout, shapes, sizes.steps, dtype, through
+                    _optimizer, device, case, config, layout, shapes, sizes.steps, dtype, through
                 )
                 yield Check(family, case, LIMITS[dtype], run)
 
@@ -519,21 +540,13 @@ def _grads(case: str, sizes: tuple[int, ...], dtype: np.dtype) -> list[np.ndarra
     return [rng.standard_normal(n).astype(dtype) for n in sizes]
 
 
-def _norm(grads: list[np.ndarray], p: float) -> float:
-    """The total p-norm of every element, in float64 (``inf``: max |g|, ``-inf``: min)."""
-    g = np.abs(np.concatenate(grads).astype(np.float64))
-    if math.isinf(p):
-        return float(g.max() if p > 0 else g.min())
-    return float(np.sum(g**p) ** (1.0 / p))
-
-
 def _clip_norm(device, case, sizes, p, dtype) -> float:
     grads = _grads(case, sizes, dtype)
-    total = _norm(grads, p)
-    max_norm = 0.5 * total  # clips: every gradient is scaled
+    total = reference.total_norm(grads, p)
+    max_norm = 0.5 * float(total)  # clips: every gradient is scaled
+    coef = reference.clip_coefficient(total, max_norm)
     dev = [_put(device, g) for g in grads]
     got = pyopt.clip_grad_norm_(dev, max_norm, p)
-    coef = min(max_norm / (total + 1e-6), 1.0)
     pairs = [(np.asarray([got]), np.asarray([total]))]
     pairs += [(a, g.astype(np.float64) * coef) for a, g in zip(dev, grads, strict=True)]
     return _max_error(pairs)
@@ -994,6 +1007,23 @@ def _print_row(cells: Sequence[str], width: int) -> None:
     print(f"{family:<10}  {case:<{width}}  {error:>9}  {limit:>8}  {status}", flush=True)
 
 
+def add_family_option(parser: argparse.ArgumentParser, families: Sequence[str]) -> None:
+    """Add ``--family NAME`` (repeatable, one of ``families``) to ``parser``: the option
+    ``pyopt check`` and ``pyopt bench`` share, each with its own families.
+
+    Args:
+        parser: the parser to extend; ``args.family`` is then a list of names, or None.
+        families: the names ``--family`` accepts.
+    """
+    parser.add_argument(
+        "--family",
+        action="append",
+        choices=families,
+        metavar="NAME",
+        help=f"only this kernel family (repeatable; one of {', '.join(families)})",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``pyopt check``'s options to ``parser`` (the ``check`` subcommand's parser).
 
@@ -1010,13 +1040,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small and awkward shapes only (no large ones)"
     )
-    parser.add_argument(
-        "--family",
-        action="append",
-        choices=FAMILIES,
-        metavar="NAME",
-        help=f"only this kernel family (repeatable; one of {', '.join(FAMILIES)})",
-    )
+    add_family_option(parser, FAMILIES)
 
 
 def run(args: argparse.Namespace) -> int:

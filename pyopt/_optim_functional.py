@@ -364,10 +364,8 @@ def _adam(
         >>> [round(float(x), 4) for x in p], int(steps[0])
         ([0.9, 0.9, 0.9], 1)
     """
-    maxes = max_exp_avg_sqs if amsgrad else None
-    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": maxes}
     backend = None
-    if check:
+    if check:  # before anything reads the hyperparameters
         hp = {"lr": lr, "eps": eps, "weight_decay": weight_decay, "betas": (beta1, beta2)}
         flags = {
             "amsgrad": amsgrad,
@@ -378,6 +376,9 @@ def _adam(
         _check_grad_scale(grad_scale)
         if amsgrad and max_exp_avg_sqs is None:
             raise ValueError("max_exp_avg_sqs is required when amsgrad=True")
+    maxes = max_exp_avg_sqs if amsgrad else None
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": maxes}
+    if check:
         backend = _check_lists(params, grads, states, state_steps, optional=("max_exp_avg_sqs",))
     decoupled = bool(decoupled_weight_decay)
     param_mult = 1.0 - lr * weight_decay if decoupled and weight_decay != 0 else 1.0
@@ -432,15 +433,16 @@ def _sgd(
         state_steps: the buffers' step counts (0: the buffer is initialized to ``g``).
         Others: as ``torch.optim.SGD``; ``grad_scale`` as in :func:`adam_`.
     """
-    buffers = momentum_buffers if momentum != 0 else None
     backend = None
-    if check:
+    if check:  # before anything reads the hyperparameters
         hp = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
         hp |= {"nesterov": nesterov, "maximize": maximize}
         check_hyperparameters("SGD", hp, lr_sign=False)
         _check_grad_scale(grad_scale)
         if momentum != 0 and momentum_buffers is None:
             raise ValueError("momentum_buffers is required when momentum != 0")
+    buffers = momentum_buffers if momentum != 0 else None
+    if check:
         backend = _check_lists(
             params,
             grads,
@@ -519,11 +521,8 @@ def _rmsprop(
         grad_avgs: list of arrays when ``centered``, else None.
         momentum_buffers: list of arrays when ``momentum > 0``, else None.
     """
-    averages = grad_avgs if centered else None
-    buffers = momentum_buffers if momentum > 0 else None
-    states = {"square_avgs": square_avgs, "grad_avgs": averages, "momentum_buffers": buffers}
     backend = None
-    if check:
+    if check:  # before anything reads the hyperparameters
         hp = {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum}
         hp |= {"weight_decay": weight_decay, "centered": centered, "maximize": maximize}
         check_hyperparameters("RMSprop", hp, lr_sign=False)
@@ -532,6 +531,10 @@ def _rmsprop(
             raise ValueError("grad_avgs is required when centered=True")
         if momentum > 0 and momentum_buffers is None:
             raise ValueError("momentum_buffers is required when momentum > 0")
+    averages = grad_avgs if centered else None
+    buffers = momentum_buffers if momentum > 0 else None
+    states = {"square_avgs": square_avgs, "grad_avgs": averages, "momentum_buffers": buffers}
+    if check:
         backend = _check_lists(
             params, grads, states, state_steps, optional=("grad_avgs", "momentum_buffers")
         )

@@ -89,22 +89,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from pyopt._train import TrainConfig, check_config, pick_device, require_framework, train
 
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        hidden=tuple(args.hidden),
-        dropout=args.dropout,
-        warmup_epochs=args.warmup_epochs,
-        max_grad_norm=args.max_grad_norm,
-        test_size=args.test_size,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        threads=args.threads,
-        framework=args.framework,
-    )
+    # Each field has the option of its name (``--batch-size`` for ``batch_size``).
+    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{**options, "hidden": tuple(args.hidden)})
     try:
         check_config(config)
         require_framework(config.framework)

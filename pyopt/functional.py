@@ -48,11 +48,11 @@ def _check_channel_vector(name: str, arr: Any, channels: int, dtype: np.dtype) -
 
 def batch_norm(
     x: Any,
+    *,
     weight: Any = None,
     bias: Any = None,
     running_mean: Any = None,
     running_var: Any = None,
-    *,
     training: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
@@ -64,7 +64,17 @@ def batch_norm(
     Training uses the batch mean and biased variance and, when running statistics are
     given, updates them in place with the unbiased variance:
     ``running = (1 - momentum) * running + momentum * batch``. Eval uses the running
-    statistics. Semantics follow ``torch.nn.functional.batch_norm``.
+    statistics.
+
+    Mirrors ``torch.native_batch_norm(input, weight, bias, running_mean, running_var,
+    training, momentum, eps) -> (output, save_mean, save_invstd)``, with the semantics of
+    ``torch.nn.functional.batch_norm``; in eval torch's saved statistics are empty where
+    these are the running ones used. Every argument after ``x`` is keyword-only because
+    the two torch functions order them differently: a port of
+    ``torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
+    training, momentum, eps)`` reads ``batch_norm(x, running_mean=running_mean,
+    running_var=running_var, weight=weight, bias=bias, training=training, ...)[0]``.
+    ``axis`` has no torch counterpart (torch's channel axis is 1).
 
     Args:
         x: input of rank >= 2, float32 or float64.
@@ -83,7 +93,7 @@ def batch_norm(
 
     Raises:
         TypeError: non-float or mixed dtypes, unsupported array types, host and device
-            arrays mixed.
+            arrays mixed, an argument after ``x`` passed positionally.
         ValueError: rank < 2, channel counts that disagree, eps <= 0, momentum outside
             [0, 1], one value per channel in training, eval without running statistics.
             Nothing is modified when an error is raised.
@@ -91,7 +101,7 @@ def batch_norm(
     Example:
         >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4), dtype=np.float32)
         >>> rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
-        >>> y, mean, invstd = batch_norm(x, None, None, rm, rv, training=True)
+        >>> y, mean, invstd = batch_norm(x, running_mean=rm, running_var=rv, training=True)
         >>> bool(abs(y.mean()) < 1e-5)
         True
     """
@@ -178,10 +188,10 @@ def batch_norm(
 def batch_norm_backward(
     dy: Any,
     x: Any,
+    *,
     weight: Any,
     mean: Any,
     invstd: Any,
-    *,
     training: bool = True,
     axis: int = 1,
 ) -> tuple[Any, Any | None, Any | None]:
@@ -191,6 +201,15 @@ def batch_norm_backward(
     ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)``; in training (statistics of the
     batch, differentiated through) ``dx = weight * invstd * (dy - dbias/n - xhat *
     dweight/n)``; in eval (fixed running statistics) ``dx = dy * weight * invstd``.
+
+    Mirrors ``torch.ops.aten.native_batch_norm_backward(grad_out, input, weight,
+    running_mean, running_var, save_mean, save_invstd, train, eps, output_mask)``:
+    ``dy`` is ``grad_out``, ``x`` is ``input``, ``mean``/``invstd`` are
+    ``save_mean``/``save_invstd`` (in eval too, where :func:`batch_norm` returns the
+    running statistics it used, so ``running_mean``, ``running_var`` and ``eps`` are not
+    needed), ``training`` is ``train``; the gradients of ``weight`` and ``bias`` are
+    computed whenever ``weight`` is given. The arguments after ``dy, x`` are
+    keyword-only, like :func:`batch_norm`'s.
 
     Args:
         dy: gradient of the output, same shape and dtype as ``x``.
@@ -205,14 +224,16 @@ def batch_norm_backward(
         ``(dx, dweight, dbias)``; ``dweight`` and ``dbias`` are None when ``weight`` is.
 
     Raises:
-        TypeError: non-float or mixed dtypes, unsupported array types, mixed devices.
+        TypeError: non-float or mixed dtypes, unsupported array types, mixed devices,
+            an argument after ``dy, x`` passed positionally.
         ValueError: shapes that disagree with ``x`` or its channel count.
 
     Example:
         >>> x = np.random.default_rng(0).standard_normal((8, 3), dtype=np.float32)
         >>> w = np.ones(3, np.float32)
-        >>> y, mean, invstd = batch_norm(x, w, None)
-        >>> dx, dw, db = batch_norm_backward(np.ones_like(x), x, w, mean, invstd)
+        >>> y, mean, invstd = batch_norm(x, weight=w)
+        >>> dy = np.ones_like(x)
+        >>> dx, dw, db = batch_norm_backward(dy, x, weight=w, mean=mean, invstd=invstd)
         >>> bool(np.abs(dx).max() < 1e-5)  # a constant gradient is normalized away
         True
     """
@@ -287,8 +308,12 @@ def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str, training: bool =
 
 def dropout(x: Any, p: float = 0.5, *, training: bool = True, seed: int, offset: int = 0) -> Any:
     """Inverted dropout: each element zeroed with probability ``p``, the rest scaled by
-    ``1 / (1 − p)``, so the expectation is unchanged. ``torch.nn.functional.dropout``'s
-    semantics, with a mask that is never stored.
+    ``1 / (1 − p)``, so the expectation is unchanged.
+
+    Mirrors ``torch.nn.functional.dropout(input, p, training, inplace)`` with a mask that
+    is never stored: ``x`` is ``input``; ``training`` is keyword-only; there is no
+    ``inplace`` (the result is always a new array); ``seed`` and ``offset`` take the
+    place of torch's global generator state.
 
     Element ``i`` (in C order) is kept iff the ``i``-th 32-bit word of the Philox4x32-10
     stream keyed by ``(seed, offset)`` is at least ``round(p·2³²)``: the mask is a pure
@@ -329,11 +354,19 @@ def dropout_backward(dy: Any, p: float, *, seed: int, offset: int = 0) -> Any:
     """Gradient of :func:`dropout` (training) w.r.t. its input: ``dx = dy·mask / (1 − p)``,
     with the mask regenerated from the forward call's ``(seed, offset)``.
 
+    Mirrors ``torch.ops.aten.native_dropout_backward(grad_output, mask, scale)``:
+    ``dy`` is ``grad_output``; the forward's ``(p, seed, offset)`` stand for ``mask``
+    and ``scale = 1 / (1 - p)``.
+
     Args:
         dy: gradient of the output, float32/float64, the forward input's shape.
         p, seed, offset: the values of the forward call.
 
     Returns:
         ``dx``, a new array of the caller's type.
+
+    Raises:
+        TypeError: ``dy`` not a float32/float64 array, seed or offset not ints.
+        ValueError: ``p`` outside [0, 1], seed or offset outside [0, 2**64).
     """
     return _dropout(dy, p, seed, offset, "dy")

@@ -108,7 +108,9 @@ def _variance_fans(tensor: Any) -> tuple[int, int] | None:
     for a zero-element tensor, which is left as it is with torch's warning."""
     _checked(tensor)
     if 0 in tuple(tensor.shape):
-        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+        # Called by the init's std helper (_xavier_std, _kaiming_std): the warning names
+        # the line that called the init.
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=4)
         return None
     return _fans(tensor)
 
@@ -126,8 +128,7 @@ def _fill(
     call = call_for(backend, tensor)
     kernels = kernels_for(backend, "random")
     work, writeback = call.inplace(tensor)
-    fill = kernels.uniform_ if kind == "uniform" else kernels.normal_
-    fill(work.reshape(n), a, b, *key, **call.kernel_kwargs)
+    kernels.fill(work.reshape(n), kind, a, b, *key, **call.kernel_kwargs)
     if writeback is not None:
         writeback()
     return tensor
@@ -185,6 +186,25 @@ def ones_(tensor: Any) -> Any:
     return constant_(tensor, 1.0)
 
 
+def _fill_std(tensor: Any, kind: str, std: float | None, seed: Any) -> Any:
+    """Fill ``tensor`` with zero-mean values of standard deviation ``std``: ``kind``
+    "uniform" on [−√3·std, √3·std) or "normal" N(0, std²); ``tensor`` as it is where
+    ``std`` is None (a zero-element tensor, see :func:`_variance_fans`)."""
+    if std is None:
+        return tensor
+    if kind == "uniform":
+        bound = math.sqrt(3.0) * std
+        return _fill(tensor, kind, -bound, bound, seed)
+    return _fill(tensor, kind, 0.0, std, seed)
+
+
+def _xavier_std(tensor: Any, gain: Any) -> float | None:
+    """``gain·√(2 / (fan_in + fan_out))``; None for a zero-element tensor."""
+    gain = _checks.real_scalar("gain", gain)
+    fans = _variance_fans(tensor)
+    return None if fans is None else gain * math.sqrt(2.0 / float(sum(fans)))
+
+
 def xavier_uniform_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) -> Any:
     """Glorot / Xavier uniform: U(−bound, bound), ``bound = gain·√(6 / (fan_in + fan_out))``
     (standard deviation ``gain·√(2 / (fan_in + fan_out))``; Glorot & Bengio, 2010).
@@ -194,21 +214,12 @@ def xavier_uniform_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) 
         >>> bool(np.abs(w).max() <= np.sqrt(6 / 96))
         True
     """
-    gain = _checks.real_scalar("gain", gain)
-    fans = _variance_fans(tensor)
-    if fans is None:
-        return tensor
-    bound = math.sqrt(3.0) * gain * math.sqrt(2.0 / float(sum(fans)))
-    return _fill(tensor, "uniform", -bound, bound, seed)
+    return _fill_std(tensor, "uniform", _xavier_std(tensor, gain), seed)
 
 
 def xavier_normal_(tensor: Any, gain: float = 1.0, *, seed: int | None = None) -> Any:
     """Glorot / Xavier normal: N(0, std²), ``std = gain·√(2 / (fan_in + fan_out))``."""
-    gain = _checks.real_scalar("gain", gain)
-    fans = _variance_fans(tensor)
-    if fans is None:
-        return tensor
-    return _fill(tensor, "normal", 0.0, gain * math.sqrt(2.0 / float(sum(fans))), seed)
+    return _fill_std(tensor, "normal", _xavier_std(tensor, gain), seed)
 
 
 def _kaiming_std(tensor: Any, a: float, mode: str, nonlinearity: str) -> float | None:
@@ -237,11 +248,7 @@ def kaiming_uniform_(
         >>> bool(np.abs(w).max() <= np.sqrt(6 / 64))
         True
     """
-    std = _kaiming_std(tensor, a, mode, nonlinearity)
-    if std is None:
-        return tensor
-    bound = math.sqrt(3.0) * std
-    return _fill(tensor, "uniform", -bound, bound, seed)
+    return _fill_std(tensor, "uniform", _kaiming_std(tensor, a, mode, nonlinearity), seed)
 
 
 def kaiming_normal_(
@@ -253,8 +260,7 @@ def kaiming_normal_(
     seed: int | None = None,
 ) -> Any:
     """He / Kaiming normal: N(0, std²), ``std = gain / √fan`` (see :func:`kaiming_uniform_`)."""
-    std = _kaiming_std(tensor, a, mode, nonlinearity)
-    return tensor if std is None else _fill(tensor, "normal", 0.0, std, seed)
+    return _fill_std(tensor, "normal", _kaiming_std(tensor, a, mode, nonlinearity), seed)
 
 
 def lecun_normal_(tensor: Any, *, seed: int | None = None) -> Any:
@@ -264,7 +270,4 @@ def lecun_normal_(tensor: Any, *, seed: int | None = None) -> Any:
     alone, i.e. :func:`kaiming_normal_` with ``nonlinearity="linear"``. The usual init for
     SELU networks. Untruncated (Flax's ``lecun_normal`` truncates at 2 std).
     """
-    fans = _variance_fans(tensor)
-    if fans is None:
-        return tensor
-    return _fill(tensor, "normal", 0.0, 1.0 / math.sqrt(fans[0]), seed)
+    return _fill_std(tensor, "normal", _kaiming_std(tensor, 0.0, "fan_in", "linear"), seed)

@@ -289,10 +289,10 @@ class BatchNorm(Module):
             momentum = 0.0 if self.momentum is None else self.momentum
         y, mean, invstd = batch_norm(
             x,
-            self.weight,
-            self.bias,
-            self.running_mean if (update or not use_batch_stats) else None,
-            self.running_var if (update or not use_batch_stats) else None,
+            weight=self.weight,
+            bias=self.bias,
+            running_mean=self.running_mean if (update or not use_batch_stats) else None,
+            running_var=self.running_var if (update or not use_batch_stats) else None,
             training=use_batch_stats,
             momentum=momentum,
             eps=self.eps,
@@ -309,7 +309,13 @@ class BatchNorm(Module):
             raise RuntimeError("backward() called before forward()")
         x, mean, invstd, use_batch_stats = self._saved
         dx, dweight, dbias = batch_norm_backward(
-            dy, x, self.weight, mean, invstd, training=use_batch_stats, axis=self.axis
+            dy,
+            x,
+            weight=self.weight,
+            mean=mean,
+            invstd=invstd,
+            training=use_batch_stats,
+            axis=self.axis,
         )
         if dweight is not None:
             self._store_grad("weight", dweight)

@@ -273,6 +273,17 @@ def scalar_rows(
         bad(f"{site}-{kind}", build, lambda o, call=call, v=value: call(o, v), exc, name)
 
 
+def not_a_state_dict_rows(site: str, build: Callable[[], dict[str, Any]], key: str) -> None:
+    """Rows loading something that is not a dict into ``o[key].load_state_dict``."""
+    scalar_rows(
+        f"{site}.load_state_dict-state_dict",
+        build,
+        lambda o, v: o[key].load_state_dict(v),
+        "state_dict",
+        [("None", None, TypeError), ("list", [], TypeError)],
+    )
+
+
 # --- functional: batch norm and dropout ----------------------------------------------------
 
 
@@ -372,15 +383,14 @@ bad(
 
 def bn_backward_args() -> dict[str, Any]:
     x, weight = f32(4, 3), f32(3, seed=1)
-    _, mean, invstd = F.batch_norm(x, weight, None)
+    _, mean, invstd = F.batch_norm(x, weight=weight)
     return {"dy": f32(4, 3, seed=3), "x": x, "weight": weight, "mean": mean, "invstd": invstd}
 
 
 def call_bn_backward(o: dict[str, Any], **changes: Any) -> Any:
     args = {k: o[k] for k in ("dy", "x", "weight", "mean", "invstd")}
     args.update(changes)
-    kwargs = {k: args.pop(k) for k in ("training", "axis") if k in args}
-    return F.batch_norm_backward(*args.values(), **kwargs)
+    return F.batch_norm_backward(args.pop("dy"), args.pop("x"), **args)
 
 
 for _arg in ("dy", "weight", "mean", "invstd"):
@@ -582,29 +592,16 @@ for _rule, (_fn, _states, _hps, _flags, _) in RULES.items():
             *UNWRITABLE,
         ],
     )
-    for _hp in _hps:
+    _scale = [*REAL[1:], ("zero", 0.0, ValueError), ("inf", math.inf, ValueError)]
+    _scalars = [*((h, REAL) for h in _hps), *((f, FLAG) for f in _flags), ("grad_scale", _scale)]
+    for _name, _kinds in _scalars:
         scalar_rows(
-            f"{_rule}-{_hp}",
+            f"{_rule}-{_name}",
             _build,
-            lambda o, v, r=_rule, h=_hp: call_rule(r, o, **{h: v}),
-            _hp,
-            REAL,
+            lambda o, v, r=_rule, k=_name: call_rule(r, o, **{k: v}),
+            _name,
+            _kinds,
         )
-    for _flag in _flags:
-        scalar_rows(
-            f"{_rule}-{_flag}",
-            _build,
-            lambda o, v, r=_rule, f=_flag: call_rule(r, o, **{f: v}),
-            _flag,
-            FLAG,
-        )
-    scalar_rows(
-        f"{_rule}-grad_scale",
-        _build,
-        lambda o, v, r=_rule: call_rule(r, o, grad_scale=v),
-        "grad_scale",
-        [*REAL[1:], ("zero", 0.0, ValueError), ("inf", math.inf, ValueError)],
-    )
     if _states:
         bad(
             f"{_rule}-{_states[0]}-aliases-params",
@@ -854,6 +851,27 @@ bad("save-path-None", checkpoint_args, lambda o: pyopt.save(None, {"a": 1}), Typ
 # --- nn layers -----------------------------------------------------------------------------
 
 
+def layer_rows(
+    layer: str,
+    build: Callable[[], dict[str, Any]],
+    key: str,
+    method: str,
+    shape: tuple[int, ...],
+    **options: Any,
+) -> None:
+    """:func:`array_rows` of the layer ``objs[key]``'s ``forward(x)`` or ``backward(dy)``
+    (``method``), whose valid argument is a float32 array of ``shape``."""
+    name = "x" if method == "forward" else "dy"
+    array_rows(
+        f"{layer}.{method}-{name}",
+        build,
+        lambda o: f32(*shape, seed=5),
+        lambda o, v: getattr(o[key], method)(v),
+        name,
+        **options,
+    )
+
+
 def trained_bn(training: bool = True) -> dict[str, Any]:
     """A BatchNorm1d(3) after one training forward and backward, in ``training`` mode."""
     bn = nn.BatchNorm1d(3, device="cpu")
@@ -863,23 +881,15 @@ def trained_bn(training: bool = True) -> dict[str, Any]:
 
 
 for _training in (True, False):
-    _mode = "train" if _training else "eval"
-    array_rows(
-        f"BatchNorm1d({_mode}).forward-x",
-        lambda t=_training: trained_bn(t),
-        lambda o: f32(4, 3, seed=5),
-        lambda o, v: o["bn"](v),
-        "x",
-        tied=True,
-    )
-    array_rows(
-        f"BatchNorm1d({_mode}).backward-dy",
-        lambda t=_training: trained_bn(t),
-        lambda o: f32(4, 3, seed=5),
-        lambda o, v: o["bn"].backward(v),
-        "dy",
-        tied=True,
-    )
+    for _method in ("forward", "backward"):
+        layer_rows(
+            f"BatchNorm1d({'train' if _training else 'eval'})",
+            lambda t=_training: trained_bn(t),
+            "bn",
+            _method,
+            (4, 3),
+            tied=True,
+        )
 for _stat in ("running_mean", "running_var"):
     for _kind, _make, _exc in UNWRITABLE:
 
@@ -972,23 +982,16 @@ def linear_args() -> dict[str, Any]:
     return {"lin": lin}
 
 
-array_rows(
-    "Linear.forward-x",
+layer_rows(
+    "Linear",
     linear_args,
-    lambda o: f32(4, 3, seed=5),
-    lambda o, v: o["lin"](v),
-    "x",
+    "lin",
+    "forward",
+    (4, 3),
     # Leading axes are batch axes: only the last one is tied to the layer.
     kinds=[*NOT_ARRAYS, *BAD_DTYPES, *(k for k in MISMATCHED if k[0] != "rank+1")],
 )
-array_rows(
-    "Linear.backward-dy",
-    linear_args,
-    lambda o: f32(4, 2, seed=5),
-    lambda o, v: o["lin"].backward(v),
-    "dy",
-    tied=True,
-)
+layer_rows("Linear", linear_args, "lin", "backward", (4, 2), tied=True)
 
 
 def flat_net_args() -> dict[str, Any]:
@@ -1002,14 +1005,7 @@ def flat_net_args() -> dict[str, Any]:
     return {"net": net, "buf": buf}
 
 
-array_rows(
-    "Sequential(flat).backward-dy",
-    flat_net_args,
-    lambda o: f32(4, 2, seed=5),
-    lambda o, v: o["net"].backward(v),
-    "dy",
-    tied=True,
-)
+layer_rows("Sequential(flat)", flat_net_args, "net", "backward", (4, 2), tied=True)
 
 
 def bn_net_args() -> dict[str, Any]:
@@ -1020,14 +1016,7 @@ def bn_net_args() -> dict[str, Any]:
     return {"net": net}
 
 
-array_rows(
-    "Sequential.forward-x",
-    bn_net_args,
-    lambda o: f32(4, 3, seed=5),
-    lambda o, v: o["net"](v),
-    "x",
-    tied=True,
-)
+layer_rows("Sequential", bn_net_args, "net", "forward", (4, 3), tied=True)
 bad("Sequential()-layers[0]-None", dict, lambda o: nn.Sequential(None), TypeError, "layers[0]")
 bad(
     "Sequential.flatten_parameters-none",
@@ -1044,15 +1033,8 @@ def relu_args() -> dict[str, Any]:
     return {"relu": relu}
 
 
-array_rows("ReLU.forward-x", relu_args, lambda o: f32(4, 3), lambda o, v: o["relu"](v), "x")
-array_rows(
-    "ReLU.backward-dy",
-    relu_args,
-    lambda o: f32(4, 3),
-    lambda o, v: o["relu"].backward(v),
-    "dy",
-    tied=True,
-)
+layer_rows("ReLU", relu_args, "relu", "forward", (4, 3))
+layer_rows("ReLU", relu_args, "relu", "backward", (4, 3), tied=True)
 
 
 def dropout_layer_args(training: bool = True) -> dict[str, Any]:
@@ -1062,22 +1044,14 @@ def dropout_layer_args(training: bool = True) -> dict[str, Any]:
 
 
 for _training in (True, False):
-    _mode = "train" if _training else "eval"
-    array_rows(
-        f"Dropout({_mode}).forward-x",
+    layer_rows(
+        f"Dropout({'train' if _training else 'eval'})",
         lambda t=_training: dropout_layer_args(t),
-        lambda o: f32(4, 3),
-        lambda o, v: o["drop"](v),
-        "x",
+        "drop",
+        "forward",
+        (4, 3),
     )
-array_rows(
-    "Dropout(train).backward-dy",
-    dropout_layer_args,
-    lambda o: f32(4, 3),
-    lambda o, v: o["drop"].backward(v),
-    "dy",
-    tied=True,
-)
+layer_rows("Dropout(train)", dropout_layer_args, "drop", "backward", (4, 3), tied=True)
 scalar_rows("Dropout()-p", dict, lambda o, v: nn.Dropout(v), "p", [*REAL, ("1.5", 1.5, ValueError)])
 scalar_rows("Dropout()-seed", dict, lambda o, v: nn.Dropout(0.5, seed=v), "seed", U64)
 
@@ -1174,13 +1148,7 @@ for _model in MODELS:
             ValueError,
             _match,
         )
-    scalar_rows(
-        f"{_model}.load_state_dict-state_dict",
-        lambda m=_model: model_args(m),
-        lambda o, v: o["model"].load_state_dict(v),
-        "state_dict",
-        [("None", None, TypeError), ("list", [], TypeError)],
-    )
+    not_a_state_dict_rows(_model, lambda m=_model: model_args(m), "model")
 for _kind, _value, _exc in (
     ("float", np.array(2.5), TypeError),
     ("negative", np.array(-1), ValueError),
@@ -1210,6 +1178,14 @@ _BETAS = [
     ("one", (1.0, 0.9), ValueError),
     ("negative", (0.9, -0.1), ValueError),
 ]
+_ADAM = {
+    "lr": _NONNEG,
+    "betas": _BETAS,
+    "eps": _NONNEG,
+    "weight_decay": _NONNEG,
+    "amsgrad": FLAG,
+    "maximize": FLAG,
+}
 OPTIMIZERS = {
     "SGD": (
         optim.SGD,
@@ -1223,30 +1199,8 @@ OPTIMIZERS = {
             "maximize": FLAG,
         },
     ),
-    "Adam": (
-        optim.Adam,
-        {"lr": 0.1, "amsgrad": True},
-        {
-            "lr": _NONNEG,
-            "betas": _BETAS,
-            "eps": _NONNEG,
-            "weight_decay": _NONNEG,
-            "amsgrad": FLAG,
-            "maximize": FLAG,
-        },
-    ),
-    "AdamW": (
-        optim.AdamW,
-        {"lr": 0.1},
-        {
-            "lr": _NONNEG,
-            "betas": _BETAS,
-            "eps": _NONNEG,
-            "weight_decay": _NONNEG,
-            "amsgrad": FLAG,
-            "maximize": FLAG,
-        },
-    ),
+    "Adam": (optim.Adam, {"lr": 0.1, "amsgrad": True}, _ADAM),
+    "AdamW": (optim.AdamW, {"lr": 0.1}, _ADAM),
     "Adagrad": (
         optim.Adagrad,
         {"lr": 0.1},
@@ -1478,13 +1432,7 @@ for _name in OPTIMIZERS:
             return objs
 
         bad(f"{_name}.load_state_dict-{_kind}", _edited_state, load_edited, _exc, _match)
-    scalar_rows(
-        f"{_name}.load_state_dict-state_dict",
-        lambda n=_name: saved_state(n),
-        lambda o, v: o["opt"].load_state_dict(v),
-        "state_dict",
-        [("None", None, TypeError), ("list", [], TypeError)],
-    )
+    not_a_state_dict_rows(_name, lambda n=_name: saved_state(n), "opt")
 
 
 # --- ParamBuffer ---------------------------------------------------------------------------
@@ -1821,7 +1769,16 @@ def good_layer_views_and_empty():
     bn.running_mean, bn.running_var = read_only(f32(3)), memory_mapped(np.ones(3, np.float32))
     assert_arrays_equal(
         [bn(reversed_view(x))],
-        [F.batch_norm(x, bn.weight, bn.bias, f32(3), np.ones(3, np.float32), training=False)[0]],
+        [
+            F.batch_norm(
+                x,
+                weight=bn.weight,
+                bias=bn.bias,
+                running_mean=f32(3),
+                running_var=np.ones(3, np.float32),
+                training=False,
+            )[0]
+        ],
     )
 
 
@@ -1907,7 +1864,7 @@ def _device(arr: np.ndarray) -> Any:
 MIXED = {
     "batch_norm-weight-host": (
         lambda: {"x": _device(f32(4, 3)), "weight": f32(3)},
-        lambda o: F.batch_norm(o["x"], o["weight"]),
+        lambda o: F.batch_norm(o["x"], weight=o["weight"]),
         "weight",
     ),
     "adam_-grads[0]-host": (

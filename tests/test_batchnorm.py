@@ -69,8 +69,9 @@ def test_forward_matches_reference(backend, dtype, training):
         ref = reference.batch_norm(x, w, b, rm, rv, training=training, momentum=0.1, axis=axis)
         d_rm, d_rv = to_backend(rm, backend), to_backend(rv, backend)
         y, mean, invstd = batch_norm(
-            to_backend(x, backend), to_backend(w, backend), to_backend(b, backend), d_rm, d_rv,
-            training=training, momentum=0.1, eps=1e-5, axis=axis,
+            to_backend(x, backend), weight=to_backend(w, backend), bias=to_backend(b, backend),
+            running_mean=d_rm, running_var=d_rv, training=training, momentum=0.1, eps=1e-5,
+            axis=axis,
         )  # fmt: skip
         what = f"{shape} axis={axis}"
         assert_close(y, ref[0], dtype, what=f"y {what}")
@@ -95,8 +96,9 @@ def test_backward_matches_reference(backend, dtype, training, affine):
             dy, x, w, mean, invstd, training=training, axis=axis
         )
         dx, dw, db = batch_norm_backward(
-            to_backend(dy, backend), to_backend(x, backend), to_backend(w, backend),
-            to_backend(mean, backend), to_backend(invstd, backend), training=training, axis=axis,
+            to_backend(dy, backend), to_backend(x, backend), weight=to_backend(w, backend),
+            mean=to_backend(mean, backend), invstd=to_backend(invstd, backend),
+            training=training, axis=axis,
         )  # fmt: skip
         what = f"{shape} axis={axis}"
         assert_close(dx, ref_dx, dtype, scale_tol=TOL[np.dtype(dtype)] * 5, what=f"dx {what}")
@@ -132,7 +134,13 @@ def test_running_stats_over_several_steps(backend, dtype, axis):
     for step in range(4):
         x = make_inputs(shape, axis, dtype, seed=10 + step, mean=step, std=1 + step)[0]
         momentum = (0.1, 0.5, 1.0, 0.0)[step]
-        batch_norm(to_backend(x, backend), None, None, d_rm, d_rv, momentum=momentum, axis=axis)
+        batch_norm(
+            to_backend(x, backend),
+            running_mean=d_rm,
+            running_var=d_rv,
+            momentum=momentum,
+            axis=axis,
+        )
         _, _, _, rm64, rv64 = reference.batch_norm(
             x, None, None, rm64, rv64, momentum=momentum, axis=axis
         )
@@ -171,13 +179,13 @@ def test_nan_and_inf_stay_in_their_channel(backend, axis):
     x[tuple(bad)][0, 0] = np.nan
     bad[axis] = 2
     x[tuple(bad)][1, 1] = np.inf
-    d_rm, d_rv = to_backend(rm, backend), to_backend(rv, backend)
+    d_x, d_w, d_rm = (to_backend(a, backend) for a in (x, w, rm))
     y, mean, invstd = batch_norm(
-        to_backend(x, backend),
-        to_backend(w, backend),
-        to_backend(b, backend),
-        d_rm,
-        d_rv,
+        d_x,
+        weight=d_w,
+        bias=to_backend(b, backend),
+        running_mean=d_rm,
+        running_var=to_backend(rv, backend),
         axis=axis,
     )
     y = np.moveaxis(to_host(y), axis, -1)
@@ -186,15 +194,8 @@ def test_nan_and_inf_stay_in_their_channel(backend, axis):
     assert np.isfinite(to_host(mean)[0]) and np.isnan(to_host(mean)[1])
     running = to_host(d_rm)
     assert np.isfinite(running[0]) and np.isnan(running[1]) and not np.isfinite(running[2])
-    dy = np.ones(shape, np.float32)
-    dx, dw, _ = batch_norm_backward(
-        to_backend(dy, backend),
-        to_backend(x, backend),
-        to_backend(w, backend),
-        mean,
-        invstd,
-        axis=axis,
-    )
+    dy = to_backend(np.ones(shape, np.float32), backend)
+    dx, dw, _ = batch_norm_backward(dy, d_x, weight=d_w, mean=mean, invstd=invstd, axis=axis)
     dx = np.moveaxis(to_host(dx), axis, -1)
     assert np.isfinite(dx[..., 0]).all() and np.isfinite(to_host(dw)[0])
     assert np.isnan(dx[..., 1]).all()
@@ -220,20 +221,20 @@ def test_non_contiguous_inputs(backend, dtype):
         if backend == "cpu":
             rm_view = rm[::2]  # non-contiguous running stats are updated in place
             rv = np.ones(channels, dtype)
-            y, _, _ = batch_norm(d_x, d_w, None, rm_view, rv, axis=axis)
+            y, _, _ = batch_norm(d_x, weight=d_w, running_mean=rm_view, running_var=rv, axis=axis)
             ref = reference.batch_norm(x, w, None, np.zeros(channels), np.ones(channels), axis=axis)
             assert_close(rm_view, ref[3], dtype, what="strided running_mean")
             assert_close(rv, ref[4], dtype, what="running_var")
             assert np.all(rm[1::2] == 0)
         else:
-            y, _, _ = batch_norm(d_x, d_w, None, axis=axis)
+            y, _, _ = batch_norm(d_x, weight=d_w, axis=axis)
             ref = reference.batch_norm(x, w, None, axis=axis)
         assert_close(y, ref[0], dtype, what=f"y strides={x.strides}")
         dy = np.ascontiguousarray(x)[..., ::-1].copy()
         mean, invstd = ref[1].astype(dtype), ref[2].astype(dtype)
         dx, dw, db = batch_norm_backward(
-            to_backend(dy, backend), d_x, d_w, to_backend(mean, backend),
-            to_backend(invstd, backend), axis=axis,
+            to_backend(dy, backend), d_x, weight=d_w, mean=to_backend(mean, backend),
+            invstd=to_backend(invstd, backend), axis=axis,
         )  # fmt: skip
         rdx, rdw, rdb = reference.batch_norm_backward(dy, x, w, mean, invstd, axis=axis)
         assert_close(dx, rdx, dtype, scale_tol=TOL[np.dtype(dtype)] * 5, what="dx strided")
@@ -261,7 +262,7 @@ def test_cuda_running_stats_must_be_contiguous(cuda_backend):
     rm = to_backend(np.zeros(6, np.float32), backend)[::2]
     rv = to_backend(np.ones(3, np.float32), backend)
     with pytest.raises(ValueError, match="running_mean"):
-        batch_norm(x, None, None, rm, rv)
+        batch_norm(x, running_mean=rm, running_var=rv)
     assert np.all(to_host(rv) == 1)
 
 
@@ -269,11 +270,12 @@ def test_empty_batch_leaves_running_stats(backend):
     x = to_backend(np.zeros((0, 3, 4), np.float32), backend)
     rm = to_backend(np.full(3, 0.5, np.float32), backend)
     rv = to_backend(np.full(3, 2.0, np.float32), backend)
-    y, mean, _ = batch_norm(x, None, None, rm, rv)
+    y, mean, _ = batch_norm(x, running_mean=rm, running_var=rv)
     assert to_host(y).shape == (0, 3, 4)
     assert np.isnan(to_host(mean)).all()
     assert np.all(to_host(rm) == 0.5) and np.all(to_host(rv) == 2.0)
-    dx, dw, db = batch_norm_backward(x, x, to_backend(np.ones(3, np.float32), backend), mean, mean)
+    ones = to_backend(np.ones(3, np.float32), backend)
+    dx, dw, db = batch_norm_backward(x, x, weight=ones, mean=mean, invstd=mean)
     assert to_host(dx).shape == (0, 3, 4)
     assert np.all(to_host(dw) == 0) and np.all(to_host(db) == 0)
 
@@ -281,7 +283,7 @@ def test_empty_batch_leaves_running_stats(backend):
 def test_results_have_the_callers_array_type(backend):
     x = to_backend(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), backend)
     y, mean, invstd = batch_norm(x)
-    dx, _, _ = batch_norm_backward(y, x, None, mean, invstd)
+    dx, _, _ = batch_norm_backward(y, x, weight=None, mean=mean, invstd=invstd)
     for out in (y, mean, invstd, dx):
         assert type(out) is type(x)
 
@@ -340,16 +342,32 @@ def test_bad_backward_arguments(backend):
     rng = np.random.default_rng(0)
     x = to_backend(rng.standard_normal((4, 3, 5)).astype(np.float32), backend)
     ones = to_backend(np.ones(3, np.float32), backend)
+    saved = dict(weight=ones, mean=ones, invstd=ones)
     with pytest.raises(ValueError, match="dy"):
-        batch_norm_backward(
-            to_backend(np.ones((4, 3, 4), np.float32), backend), x, ones, ones, ones
-        )
+        batch_norm_backward(to_backend(np.ones((4, 3, 4), np.float32), backend), x, **saved)
     with pytest.raises(TypeError, match="dy"):
-        batch_norm_backward(to_backend(np.ones((4, 3, 5)), backend), x, ones, ones, ones)
+        batch_norm_backward(to_backend(np.ones((4, 3, 5)), backend), x, **saved)
     with pytest.raises(ValueError, match="invstd"):
-        batch_norm_backward(x, x, ones, ones, to_backend(np.ones(4, np.float32), backend))
+        batch_norm_backward(
+            x, x, **{**saved, "invstd": to_backend(np.ones(4, np.float32), backend)}
+        )
     with pytest.raises(TypeError, match="mean"):
-        batch_norm_backward(x, x, ones, None, ones)
+        batch_norm_backward(x, x, **{**saved, "mean": None})
+
+
+def test_arguments_after_x_are_keyword_only(backend):
+    """A positional port of ``torch.nn.functional.batch_norm(x, running_mean, running_var,
+    weight, bias)`` would swap the running statistics and the affine parameters: it is a
+    TypeError, and the running statistics stay as they were."""
+    x = to_backend(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), backend)
+    rm = to_backend(np.zeros(3, np.float32), backend)
+    rv = to_backend(np.ones(3, np.float32), backend)
+    with pytest.raises(TypeError, match="positional argument"):
+        batch_norm(x, rm, rv)
+    assert np.all(to_host(rm) == 0) and np.all(to_host(rv) == 1)
+    y, mean, invstd = batch_norm(x)
+    with pytest.raises(TypeError, match="positional argument"):
+        batch_norm_backward(y, x, None, mean, invstd)
 
 
 @pytest.mark.sim
@@ -357,14 +375,10 @@ def test_mixing_host_and_device_arrays_is_a_type_error(cuda_backend):
     backend = cuda_backend
     x = to_backend(np.ones((4, 3), np.float32), backend)
     with pytest.raises(TypeError, match="weight"):
-        batch_norm(x, np.ones(3, np.float32))
+        batch_norm(x, weight=np.ones(3, np.float32))
     with pytest.raises(TypeError, match="x"):
         batch_norm(
-            np.ones((4, 3), np.float32),
-            None,
-            None,
-            to_backend(np.zeros(3, np.float32), backend),
-            None,
+            np.ones((4, 3), np.float32), running_mean=to_backend(np.zeros(3, np.float32), backend)
         )
 
 
@@ -382,15 +396,16 @@ def test_random_shapes_cpu(shape, axis_pick, dtype, seed):
     axis = axis_pick % len(shape)
     n = math.prod(shape) // shape[axis]
     x, w, b, rm, rv = make_inputs(shape, axis, dtype, seed=seed)
+    params = dict(weight=w, bias=b, running_mean=rm, running_var=rv, axis=axis)
     if n < 2:
         with pytest.raises(ValueError, match="more than 1 value"):
-            batch_norm(x, w, b, rm, rv, axis=axis)
+            batch_norm(x, **params)
         return
-    y, mean, invstd = batch_norm(x, w, b, rm, rv, axis=axis)
+    y, mean, invstd = batch_norm(x, **params)
     ref = reference.batch_norm(x, w, b, axis=axis)
     assert_close(y, ref[0], dtype, what="y")
     dy = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-    dx, dw, db = batch_norm_backward(dy, x, w, mean, invstd, axis=axis)
+    dx, dw, db = batch_norm_backward(dy, x, weight=w, mean=mean, invstd=invstd, axis=axis)
     rdx, rdw, rdb = reference.batch_norm_backward(dy, x, w, mean, invstd, axis=axis)
     assert_close(dx, rdx, dtype, scale_tol=TOL[np.dtype(dtype)] * 10, what="dx")
     assert_close(dw, rdw, dtype, scale_tol=TOL[np.dtype(dtype)] * 10, what="dweight")

@@ -114,7 +114,7 @@ def test_a_broken_kernel_fails_its_rows_and_the_run(tmp_path, monkeypatch):
     failed = {r["case"] for r in rows if r["status"] == "fail"}
     adam = {r["case"] for r in rows if r["case"].startswith("Adam")}
     sizes = _check.SIZES["quick"]
-    rules = sum(rule.startswith("Adam") for rule, _ in _check.OPTIMIZER_CASES)
+    rules = sum(case.rule.startswith("Adam") for case in _check.OPTIMIZER_CASES.values())
     assert failed == adam and len(adam) == rules * len(sizes.optimizer) * len(sizes.dtypes)
     assert all(r["max_error"] > r["limit"] for r in rows if r["case"] in failed)
 

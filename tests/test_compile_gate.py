@@ -1,8 +1,8 @@
 """Compile gate: every registered CUDA kernel compiles to sm_90 PTX with the real compiler.
 
 The registry (``pyopt.kernels.cuda.gate.KERNELS``) lists each kernel with the signatures
-its launcher uses (``test_cuda_kernels`` checks the launches against it). This session
-runs under the CUDA simulator, which has no compiler, so one subprocess without
+its launcher uses (each family's kernel tests check the launches against it). This
+session runs under the CUDA simulator, which has no compiler, so one subprocess without
 ``NUMBA_ENABLE_CUDASIM`` compiles everything (no GPU needed) and reports JSON; each
 (kernel, dtype) is then one test here. Canary kernels prove the PTX checks can fail.
 """

@@ -183,6 +183,17 @@ def test_read_only_array_is_rejected_untouched():
     assert (w == 0).all()
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "lecun_normal_"],
+)
+def test_zero_element_warning_names_the_callers_line(name):
+    w = np.empty((3, 0))
+    with pytest.warns(UserWarning, match="zero-element") as record:
+        assert getattr(init, name)(w) is w
+    assert [r.filename for r in record] == [__file__]
+
+
 def test_zero_element_kaiming_is_a_warned_no_op():
     w = np.empty((0, 3))
     with pytest.warns(UserWarning, match="zero-element"):

@@ -16,9 +16,7 @@ from pyopt._check import OPTIMIZER_CASES
 
 # (class name, constructor kwargs): pyopt check's table, every flag of every rule at least
 # once (its grad_scale is an argument of step here, not of the constructor).
-CONFIGS = [
-    (name, {k: v for k, v in hp.items() if k != "grad_scale"}) for name, hp in OPTIMIZER_CASES
-]
+CONFIGS = [(case.rule, case.kwargs) for case in OPTIMIZER_CASES.values()]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 SHAPES = [(1,), (7,), (3, 11), (1023,), (1025,)]
 DTYPES = [np.float32, np.float64]

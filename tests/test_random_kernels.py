@@ -153,9 +153,10 @@ def _dropout(backend, x, threshold, scale, seed, offset):
 
 
 def _fill(backend, name, n, dtype, a, b, seed, offset):
-    """uniform_ / normal_ into a fresh length-n array on ``backend``; nothing past n."""
+    """The fill of ``name`` (uniform_ / normal_) into a fresh length-n array on
+    ``backend``; nothing past n."""
     buf, out = _with_guard(np.zeros(n, dtype), backend)
-    getattr(_module(backend), name)(out, a, b, seed, offset)
+    _module(backend).fill(out, name.rstrip("_"), a, b, seed, offset)
     host = to_host(buf)
     assert np.isnan(host[n:]).all(), f"{name} wrote past n"
     return host[:n]
@@ -408,8 +409,8 @@ def test_empty_arrays(backend, dtype):
     module = _module(backend)
     empty = to_backend(np.zeros(0, dtype), backend)
     module.dropout(empty, empty, 2**31, 2.0, 1, 2)
-    module.uniform_(empty, 0.0, 1.0, 1, 2)
-    module.normal_(empty, 0.0, 1.0, 1, 2)
+    module.fill(empty, "uniform", 0.0, 1.0, 1, 2)
+    module.fill(empty, "normal", 0.0, 1.0, 1, 2)
     assert to_host(empty).size == 0
 
 
@@ -427,8 +428,8 @@ def test_cuda_empty_arrays_launch_nothing(cuda_backend, monkeypatch):
         monkeypatch.setattr(cuda_random, name, NoLaunch())
     empty = cuda.device_array(0, np.float32)
     cuda_random.dropout(empty, empty, 2**31, 2.0, 1, 2)
-    cuda_random.uniform_(empty, 0.0, 1.0, 1, 2)
-    cuda_random.normal_(empty, 0.0, 1.0, 1, 2)
+    cuda_random.fill(empty, "uniform", 0.0, 1.0, 1, 2)
+    cuda_random.fill(empty, "normal", 0.0, 1.0, 1, 2)
 
 
 @pytest.mark.sim
@@ -441,12 +442,12 @@ def test_cuda_launchers_on_an_explicit_stream(cuda_backend):
     dx, dy = cuda.to_device(x), cuda.device_array(n, np.float32)
     cuda_random.dropout(dx, dy, 2**31, 2.0, 5, 6, stream=stream)
     out = cuda.device_array(n, np.float32)
-    cuda_random.uniform_(out, 0.0, 1.0, 5, 6, stream=stream)
+    cuda_random.fill(out, "uniform", 0.0, 1.0, 5, 6, stream=stream)
     stream.synchronize()
     np.testing.assert_array_equal(dy.copy_to_host(), _dropout("cpu", x, 2**31, 2.0, 5, 6))
     want = _fill("cpu", "uniform_", n, np.float32, 0.0, 1.0, 5, 6)
     np.testing.assert_array_max_ulp(out.copy_to_host(), want, maxulp=1)
-    cuda_random.normal_(out, 0.0, 1.0, 5, 6, stream=stream)
+    cuda_random.fill(out, "normal", 0.0, 1.0, 5, 6, stream=stream)
     stream.synchronize()
     want = _fill("cpu", "normal_", n, np.float32, 0.0, 1.0, 5, 6)
     np.testing.assert_allclose(out.copy_to_host(), want, rtol=1e-6, atol=1e-6)
@@ -463,7 +464,7 @@ def test_cuda_launch_signatures_are_registered(cuda_backend, monkeypatch):
         x = cuda.to_device(np.ones(5, dtype))
         y = cuda.device_array(5, dtype)
         cuda_random.dropout(x, y, 2**31, 2.0, 2**63, 1)
-        cuda_random.uniform_(y, 0, 1, 1, 2**63)
-        cuda_random.normal_(y, 0.0, 1, 0, 0)
+        cuda_random.fill(y, "uniform", 0, 1, 1, 2**63)
+        cuda_random.fill(y, "normal", 0.0, 1, 0, 0)
     assert_launches_match_gate(seen, "random")
     assert len(seen) == 3 * 2  # three kernels, float32 and float64

@@ -52,9 +52,12 @@ _WORKER = textwrap.dedent(
         x = rng.standard_normal((3, 5, 40)).astype(np.float32)
         w, b = rng.standard_normal((2, 5)).astype(np.float32)
         rm, rv = np.zeros(5, np.float32), np.ones(5, np.float32)
-        y, mean, invstd = F.batch_norm(x, w, b, rm, rv, training=True)
+        y, mean, invstd = F.batch_norm(
+            x, weight=w, bias=b, running_mean=rm, running_var=rv, training=True
+        )
         dy = rng.standard_normal(x.shape).astype(np.float32)
-        out = [y, mean, invstd, rm, rv, *F.batch_norm_backward(dy, x, w, mean, invstd)]
+        out = [y, mean, invstd, rm, rv]
+        out += F.batch_norm_backward(dy, x, weight=w, mean=mean, invstd=invstd)
         out.append(F.dropout(x, 0.3, seed=k))
         params = [rng.standard_normal(s).astype(np.float32) for s in ((7, 3), (11,))]
         opt = optim.Adam(params, lr=1e-2)

@@ -17,9 +17,7 @@ from pyopt.kernels.cpu import optim as cpu_optim  # noqa: E402
 
 # (class name, hyperparameters): pyopt check's table, every flag of every rule at least once
 # (its grad_scale, a loss scale, is GradScaler's business in torch).
-CONFIGS = [
-    (name, {k: v for k, v in hp.items() if k != "grad_scale"}) for name, hp in OPTIMIZER_CASES
-]
+CONFIGS = [(case.rule, case.kwargs) for case in OPTIMIZER_CASES.values()]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 # Awkward sizes, and a conv weight for the channels_last layout.
 SHAPES = [(1,), (7,), (1023,), (1025,), (3, 5), (13, 1, 3, 3), (4, 3, 2, 2)]

@@ -126,7 +126,12 @@ def test_functional_matches_torch_functional(backend):
     )
     d_rm, d_rv = to_backend(rm, backend), to_backend(rv, backend)
     y, _, _ = pyopt.functional.batch_norm(
-        to_backend(x, backend), None, None, d_rm, d_rv, training=True, momentum=0.2, eps=1e-4
+        to_backend(x, backend),
+        running_mean=d_rm,
+        running_var=d_rv,
+        training=True,
+        momentum=0.2,
+        eps=1e-4,
     )
     assert_close(y, expected.numpy(), np.float64, what="y")
     assert_close(d_rm, trm.numpy(), np.float64, what="running_mean")

@@ -1,7 +1,13 @@
 """Batch normalization on the CPU: ``@njit(parallel=True, cache=True)`` kernels.
 
-The launchers take C-contiguous ``(outer, C, inner)`` arrays and cut the work into one
-contiguous range per thread (``parts`` ranges), with one of two schedules:
+A launcher makes two parallel passes over C-contiguous ``(outer, C, inner)`` arrays with
+a serial per-channel step between them: forward, the statistics (count, mean, M2 per
+channel), then ``rules.batch_norm_statistics``, then the normalization; backward, the
+gradient sums (``Σ dy``, ``Σ dy (x - mean)``), then ``rules.batch_norm_grad_coefficients``,
+then the input gradient ``rules.batch_norm_grad_input``. One kernel per layout walks the
+work for all four passes (``_nchw_pass``, ``_channels_last_pass``, the pass an argument),
+and every pass cuts it into the same contiguous range per thread (``parts`` ranges), so
+a thread normalizes what it reduced, with one of two schedules:
 
 * ``inner > 1`` (NCHW): the work is the units ``(c, n, k)`` -- chunk k, of at most
   ``config.CPU_CHUNK`` elements, of the row ``x[n, c]`` -- in channel-major order. A
@@ -24,7 +30,8 @@ chunk of a channel, where k is its first value, or data that shifts -- the chunk
 in L1/L2, is passed again around its own mean (a two-pass). So memory sees one read of x
 for the statistics. Partials merge across chunks and threads with Chan's formula in
 float64; sums inside a chunk accumulate in ``x.dtype`` (vectorized; each accumulator adds
-at most a few hundred terms).
+at most a few hundred terms). The per-channel steps run in float64 and round their
+results to ``x.dtype`` once; the elementwise passes compute in ``x.dtype``.
 
 References: Chan, Golub & LeVeque, "Algorithms for computing the sample variance:
 analysis and recommendations" (1983); Ioffe & Szegedy, "Batch Normalization" (2015).
@@ -42,8 +49,17 @@ _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 # The shared scalar rules (kernels/rules.py), compiled for the CPU.
 _chan_merge = njit(inline="always", cache=True)(rules.chan_merge)
-_running_update = njit(inline="always", cache=True)(rules.running_update)
-_normalized = njit(inline="always", cache=True)(rules.normalized)
+_normalized, _inverse_std, _batch_norm_statistics, _grad_coefficients, _grad_input = (
+    rules.compiled_batch_norm(njit(inline="always", cache=True))
+)
+
+# The passes of _nchw_pass and _channels_last_pass, and the rows of their ``params``:
+# two reductions into float64 partials (3, P, C), a row per thread range, and two
+# elementwise passes into ``out``.
+_MOMENTS = 0  # partials = count, mean, M2 of x (params unused)
+_GRAD_SUMS = 1  # partials[:2] += Σ dy, Σ dy * (x - mean); params[0] = mean
+_NORMALIZE = 2  # out = (x - mean) * scale + shift; params = mean, scale, shift
+_GRAD_INPUT = 3  # out = dx = a * dy - b * (x - mean) - d (eval: a * dy); params = mean, a, b, d
 
 
 @njit(inline="always", cache=True)
@@ -68,13 +84,6 @@ def _corrected_moments(n, k, sum_d, sum_d2):
     """Mean and M2 from the deviations d = x - k: ``k + Σd / n``, ``Σd² - (Σd)² / n``."""
     sd = np.float64(sum_d)
     return np.float64(k) + sd / n, np.float64(sum_d2) - sd * sd / n
-
-
-@njit(inline="always", cache=True)
-def _grad_input(dyv, xv, m, a, b, d):
-    """``dx = a * dy - b * (x - mean) - d`` (training), coefficients from
-    :func:`_backward_coefficients`."""
-    return a * dyv - b * (xv - m) - d
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -174,6 +183,14 @@ def _four_periods(a, p, period, pad):
     return a[p : p + n], pad[:n], pad[:n], pad[:n], n
 
 
+@njit(inline="always", cache=True)
+def _clear(acc_a, acc_b):
+    """Zero the two accumulators of a block's column sums."""
+    for i in range(acc_a.size):
+        acc_a[i] = 0
+        acc_b[i] = 0
+
+
 @njit(fastmath=_FASTMATH, cache=True)
 def _block_deviation_sums(
     block,  # (rows * C,) flat rows
@@ -185,9 +202,7 @@ def _block_deviation_sums(
 ):
     """Per-column deviation sums of a row block, in ``x.dtype``."""
     period = reps * channels
-    for i in range(period):
-        sum_d[i] = 0
-        sum_d2[i] = 0
+    _clear(sum_d, sum_d2)
     p = 0
     while p < block.size:
         x0, x1, x2, x3, step = _four_periods(block, p, period, k)  # k - k adds 0
@@ -214,9 +229,7 @@ def _block_grad_sums(
 ):
     """Per-column ``Σ dy`` and ``Σ dy * (x - mean)`` of a row block, in ``x.dtype``."""
     period = reps * channels
-    for i in range(period):
-        sum_dy[i] = 0
-        sum_dyx[i] = 0
+    _clear(sum_dy, sum_dyx)
     p = 0
     while p < x.size:
         g0, g1, g2, g3, step = _four_periods(dy, p, period, zeros)  # zero dy adds 0
@@ -232,78 +245,81 @@ def _block_grad_sums(
     _fold(sum_dyx, reps, channels)
 
 
-@njit(cache=True)
-def _finalize_statistics(
-    count,  # (P, C) float64: elements behind each partial (a row per thread)
-    mu,  # (P, C) float64: partial means
-    m2,  # (P, C) float64: partial sums of squared deviations
-    running_mean,  # (C,)
-    running_var,  # (C,)
+@njit(inline="always", cache=True)
+def _merge_into(partials, t, c, n_b, mean_b, m2_b):
+    """Chan-merge the summary ``(n_b, mean_b, m2_b)`` into ``partials[:, t, c]``."""
+    partials[0, t, c], partials[1, t, c], partials[2, t, c] = _chan_merge(
+        partials[0, t, c], partials[1, t, c], partials[2, t, c], n_b, mean_b, m2_b
+    )
+
+
+@njit(cache=True, error_model="numpy")  # n = 1: M2 / (n - 1) is NaN, as in torch and CUDA
+def _statistics(
+    partials,  # (3, P, C) float64: count, mean, M2 of each thread range's part of a channel
+    weight,  # (C,)
+    bias,  # (C,)
+    running_mean,  # (C,) updated in place when update_running
+    running_var,  # (C,) updated in place when update_running
     mean,  # (C,) out
     invstd,  # (C,) out
+    params,  # (4, C) out: mean, scale = invstd * weight, shift = bias (x.dtype)
+    training,
     update_running,
     momentum,
     eps,
 ):
-    """Merge the P partials of each channel; write mean, invstd and the running stats.
-
-    ``var = M2 / n`` (biased), ``invstd = 1 / sqrt(var + eps)``;
-    ``running_var ← (1 - momentum) * running_var + momentum * var * n / (n - 1)``.
-    """
-    parts, channels = count.shape
+    """Per channel, in float64: training, merge the P partials and apply
+    :func:`rules.batch_norm_statistics` (``invstd = 1 / sqrt(M2 / n + eps)``, the running
+    update with ``M2 / (n - 1)``); eval, ``mean = running_mean``,
+    ``invstd = 1 / sqrt(running_var + eps)``. Then the normalization's operands."""
+    _, parts, channels = partials.shape
     for c in range(channels):
-        n = 0.0
-        mu_c = 0.0
-        m2_c = 0.0
-        for p in range(parts):
-            n, mu_c, m2_c = _chan_merge(n, mu_c, m2_c, count[p, c], mu[p, c], m2[p, c])
-        var = m2_c / n
-        if var < 0.0:  # the corrected formula can round a zero M2 below 0; NaN passes
-            var = 0.0
-        mean[c] = mu_c
-        invstd[c] = 1.0 / np.sqrt(var + eps)
-        if update_running:
-            running_mean[c] = _running_update(running_mean[c], mu_c, momentum)
-            running_var[c] = _running_update(running_var[c], var * n / (n - 1.0), momentum)
-
-
-@njit(cache=True)
-def _eval_statistics(running_mean, running_var, mean, invstd, eps):
-    """``mean = running_mean``, ``invstd = 1 / sqrt(running_var + eps)``."""
-    for c in range(mean.size):
-        mean[c] = running_mean[c]
-        invstd[c] = 1.0 / np.sqrt(np.float64(running_var[c]) + eps)
+        if training:
+            n = 0.0
+            mu = 0.0
+            m2 = 0.0
+            for p in range(parts):
+                n_b, mean_b, m2_b = partials[0, p, c], partials[1, p, c], partials[2, p, c]
+                n, mu, m2 = _chan_merge(n, mu, m2, n_b, mean_b, m2_b)
+            inv, rm, rv = _batch_norm_statistics(
+                n, mu, m2, running_mean[c], running_var[c], momentum, eps, update_running
+            )
+            mean[c] = mu
+            invstd[c] = inv
+            if update_running:  # else running_mean / running_var may alias mean / invstd
+                running_mean[c] = rm
+                running_var[c] = rv
+        else:
+            mean[c] = running_mean[c]
+            invstd[c] = _inverse_std(np.float64(running_var[c]), eps)
+        params[0, c] = mean[c]
+        params[1, c] = invstd[c] * weight[c]
+        params[2, c] = bias[c]
 
 
 @njit(cache=True)
 def _backward_coefficients(
-    sum_dy,  # (P, C) float64 partial Σ dy (a row per thread)
-    sum_dyx,  # (P, C) float64 partial Σ dy * (x - mean)
+    partials,  # (3, P, C) float64: Σ dy, Σ dy * (x - mean) of each thread range (row 2 unused)
     weight,  # (C,)
     invstd,  # (C,)
-    n,  # elements per channel
-    training,
+    n,  # float64: elements per channel
     dweight,  # (C,) out
     dbias,  # (C,) out
-    coef,  # (3, C) out: a, b, d of dx = a * dy - b * (x - mean) - d
+    params,  # (4, C) out: rows 1-3 = a, b, d of dx = a * dy - b * (x - mean) - d
 ):
-    """``dbias = Σ dy``, ``dweight = invstd * Σ dy (x - mean)``; ``a = weight * invstd``,
-    training: ``b = a * invstd * dweight / n``, ``d = a * dbias / n``; eval: ``b = d = 0``."""
-    parts, channels = sum_dy.shape
+    """Sum the P partials of each channel, then :func:`rules.batch_norm_grad_coefficients`
+    in float64: ``dbias = Σ dy``, ``dweight = invstd * Σ dy (x - mean)`` and ``a, b, d``."""
+    _, parts, channels = partials.shape
     for c in range(channels):
         s = 0.0
         sx = 0.0
         for p in range(parts):
-            s += sum_dy[p, c]
-            sx += sum_dyx[p, c]
-        k = np.float64(invstd[c])
-        dw = sx * k
+            s += partials[0, p, c]
+            sx += partials[1, p, c]
         dbias[c] = s
-        dweight[c] = dw
-        a = np.float64(weight[c]) * k
-        coef[0, c] = a
-        coef[1, c] = a * k * dw / n if training else 0.0
-        coef[2, c] = a * s / n if training else 0.0
+        dweight[c], params[1, c], params[2, c], params[3, c] = _grad_coefficients(
+            s, sx, np.float64(weight[c]), np.float64(invstd[c]), n
+        )
 
 
 @njit(inline="always", cache=True)
@@ -315,270 +331,178 @@ def _channel_span(lo, hi, per_channel):
 @njit(inline="always", cache=True)
 def _chunk_span(lo, hi, first_unit, nk):
     """Chunks ``[k_lo, k_hi)`` of the row whose chunk 0 is unit ``first_unit`` that lie in
-    the unit range ``[lo, hi)``."""
-    return max(0, lo - first_unit), min(nk, hi - first_unit)
+    the unit range ``[lo, hi)``, with ``0 <= k_lo <= k_hi <= nk`` (equal: none)."""
+    k_lo = min(nk, max(0, lo - first_unit))
+    return k_lo, max(k_lo, min(nk, hi - first_unit))
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _forward_nchw(
+def _nchw_pass(
+    op,  # _MOMENTS, _GRAD_SUMS, _NORMALIZE or _GRAD_INPUT
     x,  # (outer, C, inner), inner > 1
-    weight,  # (C,)
-    bias,  # (C,)
-    running_mean,  # (C,) updated in place when update_running
-    running_var,  # (C,) updated in place when update_running
-    y,  # (outer, C, inner) out
-    mean,  # (C,) out
-    invstd,  # (C,) out
-    training,
-    update_running,
-    momentum,
-    eps,
+    dy,  # (outer, C, inner): read by the gradient passes
+    params,  # (4, C) x.dtype: the per-channel operands of the pass (see _MOMENTS ...)
+    partials,  # (3, P, C) float64 zeros: out of the reductions, a row per thread range
+    out,  # (outer, C, inner): out of the elementwise passes
+    training,  # _GRAD_INPUT: through the batch statistics
     chunk,  # elements per unit
-    parts,  # thread ranges (one per thread)
 ):
-    """Batch norm forward, NCHW: ``y = (x - mean) * invstd * weight + bias``.
+    """One pass of the NCHW schedule (module docstring) over x and dy, picked by ``op``.
 
-    Memory: reads x once for the statistics (a chunk that needs a second pass is in L1),
-    once for y, writes y once.
+    Memory: each pass reads its inputs once (a chunk that needs a second statistics pass
+    is in L1); the elementwise passes write ``out`` once.
     """
     outer, channels, inner = x.shape
+    parts = partials.shape[1]
     nk = (inner + chunk - 1) // chunk
     units = channels * outer * nk
-    if training:
-        count = np.zeros((parts, channels))
-        mu = np.zeros((parts, channels))
-        m2 = np.zeros((parts, channels))
-        for t in prange(parts):
-            lo, hi = _partition(units, parts, t)
-            c_lo, c_hi = _channel_span(lo, hi, outer * nk)
-            for n in range(outer):
-                for c in range(c_lo, c_hi):
-                    k_lo, k_hi = _chunk_span(lo, hi, (c * outer + n) * nk, nk)
+    for t in prange(parts):
+        lo, hi = _partition(units, parts, t)
+        c_lo, c_hi = _channel_span(lo, hi, outer * nk)
+        for n in range(outer):
+            for c in range(c_lo, c_hi):
+                k_lo, k_hi = _chunk_span(lo, hi, (c * outer + n) * nk, nk)
+                if op == _MOMENTS:
                     for k in range(k_lo, k_hi):
-                        v = x[n, c, k * chunk : min((k + 1) * chunk, inner)]
-                        provisional = mu[t, c] if count[t, c] > 0.0 else v[0]
-                        n_b, mean_b, m2_b = _chunk_moments(v, provisional)
-                        count[t, c], mu[t, c], m2[t, c] = _chan_merge(
-                            count[t, c], mu[t, c], m2[t, c], n_b, mean_b, m2_b
-                        )
-        _finalize_statistics(
-            count, mu, m2, running_mean, running_var, mean, invstd, update_running, momentum, eps
-        )
-    else:
-        _eval_statistics(running_mean, running_var, mean, invstd, eps)
-    for t in prange(parts):
-        lo, hi = _partition(units, parts, t)
-        c_lo, c_hi = _channel_span(lo, hi, outer * nk)
-        for n in range(outer):
-            for c in range(c_lo, c_hi):
-                m = mean[c]
-                scale = invstd[c] * weight[c]
-                shift = bias[c]
-                k_lo, k_hi = _chunk_span(lo, hi, (c * outer + n) * nk, nk)
-                for k in range(k_lo, k_hi):
-                    xs = x[n, c, k * chunk : min((k + 1) * chunk, inner)]
-                    ys = y[n, c, k * chunk : min((k + 1) * chunk, inner)]
-                    for i in range(ys.size):  # from 0: no negative-index checks, so it vectorizes
-                        ys[i] = _normalized(xs[i], m, scale, shift)
-
-
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _forward_channels_last(
-    x,  # (rows * C,) flat rows of C
-    weight,  # (C,)
-    bias,  # (C,)
-    running_mean,  # (C,) updated in place when update_running
-    running_var,  # (C,) updated in place when update_running
-    y,  # (rows * C,) out
-    mean,  # (C,) out
-    invstd,  # (C,) out
-    training,
-    update_running,
-    momentum,
-    eps,
-    period,  # target elements per period (config.CPU_PERIOD)
-    block,  # elements per statistics block (config.CPU_BLOCK)
-    parts,  # thread ranges (one per thread)
-):
-    """Batch norm forward, channels-last: ``y = (x - mean) * invstd * weight + bias``.
-
-    Memory: reads x once for the statistics (a block that needs a second pass is in L2),
-    once for y, writes y once.
-    """
-    channels = mean.size
-    rows = x.size // channels
-    reps = _period_rows(channels, period)
-    block_rows = max(1, block // (reps * channels)) * reps
-    if training:
-        count = np.zeros((parts, channels))
-        mu = np.zeros((parts, channels))
-        m2 = np.zeros((parts, channels))
-        scratch = np.empty((parts, 3, reps * channels), x.dtype)
-        for t in prange(parts):
-            lo, hi = _partition(rows, parts, t)
-            k, sum_d, sum_d2 = scratch[t, 0], scratch[t, 1], scratch[t, 2]
-            _tile(x[lo * channels : (lo + 1) * channels], reps, k)
-            n_a = 0.0
-            for b0 in range(lo, hi, block_rows):
-                b1 = min(b0 + block_rows, hi)
-                xb = x[b0 * channels : b1 * channels]
-                n_b = np.float64(b1 - b0)
-                _block_deviation_sums(xb, k, channels, reps, sum_d, sum_d2)
-                far = False
-                for c in range(channels):
-                    far |= _far_from_mean(n_b, sum_d[c], sum_d2[c])
-                if far:  # move k to this block's means (kept for the next blocks)
-                    for c in range(channels):
-                        k[c] += sum_d[c] / x.dtype.type(b1 - b0)
-                    _tile(k[:channels], reps, k)
-                    _block_deviation_sums(xb, k, channels, reps, sum_d, sum_d2)
-                for c in range(channels):
-                    mean_b, m2_b = _corrected_moments(n_b, k[c], sum_d[c], sum_d2[c])
-                    _, mu[t, c], m2[t, c] = _chan_merge(n_a, mu[t, c], m2[t, c], n_b, mean_b, m2_b)
-                n_a += n_b
-            for c in range(channels):
-                count[t, c] = n_a
-        _finalize_statistics(
-            count, mu, m2, running_mean, running_var, mean, invstd, update_running, momentum, eps
-        )
-    else:
-        _eval_statistics(running_mean, running_var, mean, invstd, eps)
-    params = np.empty((3, channels), x.dtype)
-    for c in range(channels):
-        params[0, c] = mean[c]
-        params[1, c] = invstd[c] * weight[c]
-        params[2, c] = bias[c]
-    tiled = np.empty((3, reps * channels), x.dtype)
-    for j in range(3):
-        _tile(params[j], reps, tiled[j])
-    m, scale, shift = tiled[0], tiled[1], tiled[2]
-    for t in prange(parts):
-        lo, hi = _partition(rows, parts, t)
-        for r0 in range(lo, hi, reps):
-            xs = x[r0 * channels : min(r0 + reps, hi) * channels]
-            ys = y[r0 * channels : min(r0 + reps, hi) * channels]
-            for i in range(ys.size):
-                ys[i] = _normalized(xs[i], m[i], scale[i], shift[i])
-
-
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _backward_nchw(
-    dy,  # (outer, C, inner), inner > 1
-    x,  # (outer, C, inner)
-    weight,  # (C,)
-    mean,  # (C,)
-    invstd,  # (C,)
-    dx,  # (outer, C, inner) out
-    dweight,  # (C,) out
-    dbias,  # (C,) out
-    training,
-    chunk,  # elements per unit
-    parts,  # thread ranges (one per thread)
-):
-    """Batch norm backward, NCHW: ``dx = weight * invstd * (dy - dbias/n - xhat * dweight/n)``.
-
-    Memory: reads dy and x once for the sums, once more for dx (only dy in eval), writes
-    dx once.
-    """
-    outer, channels, inner = x.shape
-    nk = (inner + chunk - 1) // chunk
-    units = channels * outer * nk
-    sum_dy = np.zeros((parts, channels))
-    sum_dyx = np.zeros((parts, channels))
-    for t in prange(parts):
-        lo, hi = _partition(units, parts, t)
-        c_lo, c_hi = _channel_span(lo, hi, outer * nk)
-        for n in range(outer):
-            for c in range(c_lo, c_hi):
-                k_lo, k_hi = _chunk_span(lo, hi, (c * outer + n) * nk, nk)
-                for k in range(k_lo, k_hi):
-                    i0, i1 = k * chunk, min((k + 1) * chunk, inner)
-                    s, sx = _chunk_grad_sums(dy[n, c, i0:i1], x[n, c, i0:i1], mean[c])
-                    sum_dy[t, c] += s
-                    sum_dyx[t, c] += sx
-    coef = np.empty((3, channels), x.dtype)
-    _backward_coefficients(
-        sum_dy, sum_dyx, weight, invstd, np.float64(outer * inner), training, dweight, dbias, coef
-    )
-    for t in prange(parts):
-        lo, hi = _partition(units, parts, t)
-        c_lo, c_hi = _channel_span(lo, hi, outer * nk)
-        for n in range(outer):
-            for c in range(c_lo, c_hi):
-                a, b, d, m = coef[0, c], coef[1, c], coef[2, c], mean[c]
-                k_lo, k_hi = _chunk_span(lo, hi, (c * outer + n) * nk, nk)
-                for k in range(k_lo, k_hi):
-                    i0, i1 = k * chunk, min((k + 1) * chunk, inner)
-                    dys = dy[n, c, i0:i1]
-                    dxs = dx[n, c, i0:i1]
-                    if training:
+                        xs = x[n, c, k * chunk : min((k + 1) * chunk, inner)]
+                        provisional = partials[1, t, c] if partials[0, t, c] > 0.0 else xs[0]
+                        n_b, mean_b, m2_b = _chunk_moments(xs, provisional)
+                        _merge_into(partials, t, c, n_b, mean_b, m2_b)
+                elif op == _GRAD_SUMS:
+                    for k in range(k_lo, k_hi):
+                        i0, i1 = k * chunk, min((k + 1) * chunk, inner)
+                        s, sx = _chunk_grad_sums(dy[n, c, i0:i1], x[n, c, i0:i1], params[0, c])
+                        partials[0, t, c] += s
+                        partials[1, t, c] += sx
+                elif op == _NORMALIZE:  # the elementwise passes: the row's piece in one loop
+                    i0, i1 = k_lo * chunk, min(k_hi * chunk, inner)
+                    xs, outs = x[n, c, i0:i1], out[n, c, i0:i1]
+                    m, p1, p2 = params[0, c], params[1, c], params[2, c]
+                    for i in range(outs.size):  # from 0: no negative-index checks
+                        outs[i] = _normalized(xs[i], m, p1, p2)
+                else:
+                    i0, i1 = k_lo * chunk, min(k_hi * chunk, inner)
+                    gs, outs = dy[n, c, i0:i1], out[n, c, i0:i1]
+                    m, p1, p2, p3 = params[0, c], params[1, c], params[2, c], params[3, c]
+                    if training:  # a constant flag per loop, so that each vectorizes
                         xs = x[n, c, i0:i1]
-                        for i in range(dxs.size):
-                            dxs[i] = _grad_input(dys[i], xs[i], m, a, b, d)
+                        for i in range(outs.size):
+                            outs[i] = _grad_input(gs[i], xs[i], m, p1, p2, p3, True)
                     else:
-                        for i in range(dxs.size):
-                            dxs[i] = a * dys[i]
+                        for i in range(outs.size):  # eval: x is not read
+                            outs[i] = _grad_input(gs[i], gs[i], m, p1, p2, p3, False)
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _block_moments(
+    block,  # (rows * C,) flat rows
+    k,  # (reps * C,) provisional column means, tiled; moved to the block's means when far
+    channels,
+    reps,  # rows per period
+    sum_d,  # (reps * C,) scratch
+    sum_d2,  # (reps * C,) scratch
+    partials,  # (3, P, C) float64: the block's column summaries are merged into [:, t]
+    t,
+):
+    """Count, mean and M2 of each column of a row block, merged into ``partials[:, t]``.
+
+    One pass around k, a second (from L2) around the block's own means when k was too far
+    from them (see the module docstring).
+    """
+    rows = block.size // channels
+    n_b = np.float64(rows)
+    _block_deviation_sums(block, k, channels, reps, sum_d, sum_d2)
+    far = False
+    for c in range(channels):
+        far |= _far_from_mean(n_b, sum_d[c], sum_d2[c])
+    if far:  # move k to this block's means (kept for the next blocks)
+        for c in range(channels):
+            k[c] += sum_d[c] / block.dtype.type(rows)
+        _tile(k[:channels], reps, k)
+        _block_deviation_sums(block, k, channels, reps, sum_d, sum_d2)
+    for c in range(channels):
+        mean_b, m2_b = _corrected_moments(n_b, k[c], sum_d[c], sum_d2[c])
+        _merge_into(partials, t, c, n_b, mean_b, m2_b)
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _backward_channels_last(
-    dy,  # (rows * C,) flat rows of C
-    x,  # (rows * C,)
-    weight,  # (C,)
-    mean,  # (C,)
-    invstd,  # (C,)
-    dx,  # (rows * C,) out
-    dweight,  # (C,) out
-    dbias,  # (C,) out
-    training,
+def _channels_last_pass(
+    op,  # _MOMENTS, _GRAD_SUMS, _NORMALIZE or _GRAD_INPUT
+    x,  # (rows * C,) flat rows of C
+    dy,  # (rows * C,): read by the gradient passes
+    params,  # (4, C) x.dtype: the per-channel operands of the pass (see _MOMENTS ...)
+    partials,  # (3, P, C) float64 zeros: out of the reductions, a row per thread range
+    out,  # (rows * C,): out of the elementwise passes
+    training,  # _GRAD_INPUT: through the batch statistics
     period,  # target elements per period (config.CPU_PERIOD)
-    block,  # elements summed in x.dtype before adding into the float64 totals
-    parts,  # thread ranges (one per thread)
+    block,  # elements per reduction block (config.CPU_BLOCK)
 ):
-    """Batch norm backward, channels-last: ``dx = weight * invstd * (dy - dbias/n -
-    xhat * dweight/n)``.
+    """One pass of the channels-last schedule (module docstring), picked by ``op``.
 
-    Memory: reads dy and x once for the sums, once more for dx (only dy in eval), writes
-    dx once.
+    Reductions walk blocks of rows (statistics: merged into float64 partials as one
+    piece; gradient sums: added in x.dtype, then into float64 totals); elementwise passes
+    walk the same blocks period by period. Memory: each pass reads its inputs once (a
+    block that needs a second statistics pass is in L2); elementwise passes write ``out``
+    once.
     """
-    channels = mean.size
+    channels = params.shape[1]
     rows = x.size // channels
+    parts = partials.shape[1]
     reps = _period_rows(channels, period)
     block_rows = max(1, block // (reps * channels)) * reps
-    tiled = np.zeros((5, reps * channels), x.dtype)  # mean, a, b, d (tiled), zeros
-    _tile(mean, reps, tiled[0])
-    sum_dy = np.zeros((parts, channels))
-    sum_dyx = np.zeros((parts, channels))
-    scratch = np.empty((parts, 2, reps * channels), x.dtype)
+    tiled = np.zeros((5, reps * channels), x.dtype)  # params tiled, then zeros
+    for j in range(4):
+        _tile(params[j], reps, tiled[j])
+    m, p1, p2, p3, zeros = tiled[0], tiled[1], tiled[2], tiled[3], tiled[4]
+    scratch = np.empty((parts, 3, reps * channels), x.dtype)
     for t in prange(parts):
         lo, hi = _partition(rows, parts, t)
-        s, sx = scratch[t, 0], scratch[t, 1]
+        k, s1, s2 = scratch[t, 0], scratch[t, 1], scratch[t, 2]
+        if op == _MOMENTS:  # the provisional means: the range's first row
+            _tile(x[lo * channels : (lo + 1) * channels], reps, k)
         for b0 in range(lo, hi, block_rows):
-            flat = slice(b0 * channels, min(b0 + block_rows, hi) * channels)
-            _block_grad_sums(dy[flat], x[flat], tiled[0], tiled[4], channels, reps, s, sx)
-            for c in range(channels):
-                sum_dy[t, c] += s[c]
-                sum_dyx[t, c] += sx[c]
-    coef = np.empty((3, channels), x.dtype)
-    _backward_coefficients(
-        sum_dy, sum_dyx, weight, invstd, np.float64(rows), training, dweight, dbias, coef
-    )
-    for j in range(3):
-        _tile(coef[j], reps, tiled[j + 1])
-    m, a, b, d = tiled[0], tiled[1], tiled[2], tiled[3]
-    for t in prange(parts):
-        lo, hi = _partition(rows, parts, t)
-        for r0 in range(lo, hi, reps):
-            flat = slice(r0 * channels, min(r0 + reps, hi) * channels)
-            dys = dy[flat]
-            dxs = dx[flat]
-            if training:
-                xs = x[flat]
-                for i in range(dxs.size):
-                    dxs[i] = _grad_input(dys[i], xs[i], m[i], a[i], b[i], d[i])
+            b1 = min(b0 + block_rows, hi)
+            xb, gb = x[b0 * channels : b1 * channels], dy[b0 * channels : b1 * channels]
+            if op == _MOMENTS:
+                _block_moments(xb, k, channels, reps, s1, s2, partials, t)
+            elif op == _GRAD_SUMS:
+                _block_grad_sums(gb, xb, m, zeros, channels, reps, s1, s2)
+                for c in range(channels):
+                    partials[0, t, c] += s1[c]
+                    partials[1, t, c] += s2[c]
             else:
-                for i in range(dxs.size):
-                    dxs[i] = a[i] * dys[i]
+                for r0 in range(b0, b1, reps):
+                    flat = slice(r0 * channels, min(r0 + reps, b1) * channels)
+                    outs = out[flat]  # each branch slices only what it reads
+                    if op == _NORMALIZE:
+                        xs = x[flat]
+                        for i in range(outs.size):
+                            outs[i] = _normalized(xs[i], m[i], p1[i], p2[i])
+                    elif training:  # a constant flag per loop, so that each vectorizes
+                        xs, gs = x[flat], dy[flat]
+                        for i in range(outs.size):
+                            outs[i] = _grad_input(gs[i], xs[i], m[i], p1[i], p2[i], p3[i], True)
+                    else:
+                        gs = dy[flat]
+                        for i in range(outs.size):  # eval: x is not read
+                            outs[i] = _grad_input(gs[i], gs[i], m[i], p1[i], p2[i], p3[i], False)
+
+
+def _run(op, x, dy, params, partials, out, training=False):
+    """One pass ``op`` over C-contiguous ``(outer, C, inner)`` arrays, by the kernel of
+    their layout (``inner == 1``: channels-last)."""
+    if x.shape[2] == 1:
+        _channels_last_pass(
+            op, x.reshape(-1), dy.reshape(-1), params, partials, out.reshape(-1),
+            bool(training), int(config.CPU_PERIOD), int(config.CPU_BLOCK),
+        )  # fmt: skip
+    else:
+        _nchw_pass(op, x, dy, params, partials, out, bool(training), int(config.CPU_CHUNK))
+
+
+def _zero_partials(channels):
+    """Float64 partials ``(3, P, C)`` of the reductions: a row per thread range."""
+    return np.zeros((3, numba.get_num_threads(), channels))
 
 
 @parallel_launcher
@@ -599,37 +523,39 @@ def batch_norm_forward(
 ):
     """Batch norm forward on C-contiguous ``(outer, C, inner)`` NumPy arrays, in place.
 
-    Writes ``y``, ``mean`` and ``invstd`` (and the running statistics when
-    ``update_running``); see the module docstring for the schedule. ``stream`` is ignored.
+    Training: the statistics pass, then :func:`rules.batch_norm_statistics` per channel
+    (mean, invstd, and the running statistics when ``update_running``); eval: the running
+    statistics. Then the normalization pass, ``y = (x - mean) * invstd * weight + bias``.
+    Writes ``y``, ``mean`` and ``invstd``; see the module docstring for the schedule.
+    ``stream`` is ignored (the CPU has none): the signature is the CUDA launcher's.
     """
-    args = (weight, bias, running_mean, running_var)
-    flags = (bool(training), bool(update_running), float(momentum), float(eps))
-    if x.shape[2] == 1:
-        _forward_channels_last(
-            x.reshape(-1), *args, y.reshape(-1), mean, invstd, *flags,
-            int(config.CPU_PERIOD), int(config.CPU_BLOCK), numba.get_num_threads(),
-        )  # fmt: skip
-    else:
-        _forward_nchw(
-            x, *args, y, mean, invstd, *flags, int(config.CPU_CHUNK), numba.get_num_threads()
-        )
+    channels = mean.size
+    partials = _zero_partials(channels)
+    params = np.zeros((4, channels), x.dtype)  # _statistics: mean, scale, shift (of y)
+    if training:
+        _run(_MOMENTS, x, x, params, partials, x)
+    _statistics(
+        partials, weight, bias, running_mean, running_var, mean, invstd, params,
+        bool(training), bool(update_running), float(momentum), float(eps),
+    )  # fmt: skip
+    _run(_NORMALIZE, x, x, params, partials, y)
 
 
 @parallel_launcher
 def batch_norm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias, training, stream=None):
     """Batch norm backward on C-contiguous ``(outer, C, inner)`` NumPy arrays, in place.
 
-    Writes ``dx``, ``dweight = Σ dy * xhat`` and ``dbias = Σ dy``; see the module
-    docstring for the schedule. ``stream`` is ignored.
+    The gradient-sums pass (``Σ dy``, ``Σ dy * (x - mean)``), then
+    :func:`rules.batch_norm_grad_coefficients` per channel (``dbias = Σ dy``,
+    ``dweight = Σ dy * xhat`` and the coefficients of ``dx``), then the input-gradient
+    pass, :func:`rules.batch_norm_grad_input`. Writes ``dx``, ``dweight`` and ``dbias``;
+    see the module docstring for the schedule. ``stream`` is ignored (the CPU has none):
+    the signature is the CUDA launcher's.
     """
-    if x.shape[2] == 1:
-        _backward_channels_last(
-            dy.reshape(-1), x.reshape(-1), weight, mean, invstd, dx.reshape(-1), dweight,
-            dbias, bool(training), int(config.CPU_PERIOD), int(config.CPU_BLOCK),
-            numba.get_num_threads(),
-        )  # fmt: skip
-    else:
-        _backward_nchw(
-            dy, x, weight, mean, invstd, dx, dweight, dbias, bool(training),
-            int(config.CPU_CHUNK), numba.get_num_threads(),
-        )  # fmt: skip
+    outer, channels, inner = x.shape
+    partials = _zero_partials(channels)
+    params = np.zeros((4, channels), x.dtype)  # mean, then a, b, d
+    params[0] = mean
+    _run(_GRAD_SUMS, x, dy, params, partials, dx)
+    _backward_coefficients(partials, weight, invstd, float(outer * inner), dweight, dbias, params)
+    _run(_GRAD_INPUT, x, dy, params, partials, dx, training)

@@ -128,7 +128,7 @@ def norm_partials_blocks(n: int) -> int:
 
 
 @parallel_launcher
-def norm_partials(grad, out, norm_type) -> None:
+def norm_partials(grad, out, norm_type, stream=None) -> None:
     """Per fixed block of ``grad``, in float64 into ``out``: ``max |g|`` (``norm_type``
     inf), ``min |g|`` (-inf) or ``Σ|g|^p`` (finite p > 0); NaN propagates into max / min.
 
@@ -139,6 +139,7 @@ def norm_partials(grad, out, norm_type) -> None:
         grad: 1-D C-contiguous float32 or float64 array.
         out: float64 array ``(norm_partials_blocks(grad.size),)``, C-contiguous.
         norm_type: inf, -inf or a finite p > 0 (the caller rejects the rest).
+        stream: ignored (the CPU has none); accepted as on CUDA.
     """
     if grad.size == 0:
         return
@@ -158,12 +159,13 @@ def norm_partials(grad, out, norm_type) -> None:
 
 
 @parallel_launcher
-def scale_(x, coef) -> None:
+def scale_(x, coef, stream=None) -> None:
     """``x *= coef`` in place, ``coef`` cast to ``x.dtype`` (one multiply per element).
 
     Args:
         x: 1-D C-contiguous float32 or float64 array.
         coef: float.
+        stream: ignored (the CPU has none); accepted as on CUDA.
     """
     if x.size == 0:
         return
@@ -171,13 +173,14 @@ def scale_(x, coef) -> None:
 
 
 @parallel_launcher
-def clamp_(x, lo, hi) -> None:
+def clamp_(x, lo, hi, stream=None) -> None:
     """``x = min(max(x, lo), hi)`` in place, ``lo`` and ``hi`` cast to ``x.dtype``; NaN
     stays NaN (torch.clamp_, np.clip).
 
     Args:
         x: 1-D C-contiguous float32 or float64 array.
         lo, hi: floats (±inf for no bound).
+        stream: ignored (the CPU has none); accepted as on CUDA.
     """
     if x.size == 0:
         return

@@ -94,6 +94,7 @@ def _source(spec: specs.RuleSpec) -> str:
             f"            {keyword} {test}:\n"
             f"                _{name}_loop({columns}, row_scalars{passed})"
         )
+    piece = [f"            row_scalars = ({row_scalars},)", *row_flags, *views, *branches]
     nl = "\n"
     return f'''
 from numba import njit, prange
@@ -117,18 +118,7 @@ def _{name}_kernel(segments, offsets, first_segment, scalars, flags, chunk):
     """``rules.{name}`` over every segment (see the module docstring)."""
     total = offsets[-1]
     for u in prange(first_segment.size):
-        lo = u * chunk
-        hi = min(lo + chunk, total)
-        s = first_segment[u]
-        while s < segments.shape[0] and offsets[s] < hi:
-            a = max(lo, offsets[s]) - offsets[s]
-            b = min(hi, offsets[s + 1]) - offsets[s]
-            row = segments[s, 0]
-            row_scalars = ({row_scalars},)
-{nl.join(row_flags)}
-{nl.join(views)}
-{nl.join(branches)}
-            s += 1
+{_codegen.segment_walk("u", nl.join(piece))}
 '''
 
 

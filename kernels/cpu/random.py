@@ -112,53 +112,40 @@ def _dropout_kernel(
         _dropout_block(xs, ys, 0, full, n - 4 * full, threshold, scale, seed, offset)
 
 
-@njit(inline="always", cache=True)
-def _fill_all(out, a, b, seed, offset, unit, fill_block):
-    """Every element of out by ``fill_block`` (:func:`_uniform_block` or
-    :func:`_normal_block`, a compile-time constant: each kernel compiles only its map)."""
+@njit(**_KERNEL_OPTIONS)
+def _fill_kernel(
+    out,  # (n,) out
+    a,  # out.dtype: low (uniform) or mean (normal)
+    b,  # out.dtype: high (uniform) or std (normal)
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+    normal,  # bool: normal, else uniform
+):
+    """Uniform fill ``out = a + (b − a)·u``, ``u ∈ [0, 1)`` (``philox.uniform``), or normal
+    fill ``out = a + b·z``, z from Box-Muller on word pairs (``philox.normal_pair``).
+
+    ``normal`` is branched on once per unit, outside the loop over its blocks, so each
+    distribution's loop is the one it would be in a kernel of its own. Memory: writes
+    out once (4 B/elem in float32); the normal fill is compute-bound on the CPU (a scalar
+    libm log per pair keeps its loop from vectorizing).
+    """
     n = out.size
     full = n // 4
     for u in prange((full + unit - 1) // unit):
         lo, hi = _unit_blocks(full, unit, u)
         outs = out[4 * lo : 4 * hi]
-        for j in range(hi - lo):
-            fill_block(outs, j, lo + j, 4, a, b, seed, offset)
+        if normal:
+            for j in range(hi - lo):
+                _normal_block(outs, j, lo + j, 4, a, b, seed, offset)
+        else:
+            for j in range(hi - lo):
+                _uniform_block(outs, j, lo + j, 4, a, b, seed, offset)
     if n > 4 * full:
-        fill_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
-
-
-@njit(**_KERNEL_OPTIONS)
-def _uniform_kernel(
-    out,  # (n,) out
-    low,  # out.dtype
-    high,  # out.dtype
-    seed,  # uint64
-    offset,  # uint64
-    unit,  # blocks of 4 elements per unit of work
-):
-    """Uniform fill ``out = low + (high − low)·u``, ``u ∈ [0, 1)`` (``philox.uniform``).
-
-    Memory: writes out once (4 B/elem in float32).
-    """
-    _fill_all(out, low, high, seed, offset, unit, _uniform_block)
-
-
-@njit(**_KERNEL_OPTIONS)
-def _normal_kernel(
-    out,  # (n,) out
-    mean,  # out.dtype
-    std,  # out.dtype
-    seed,  # uint64
-    offset,  # uint64
-    unit,  # blocks of 4 elements per unit of work
-):
-    """Normal fill ``out = mean + std·z``, z from Box-Muller on word pairs
-    (``philox.normal_pair``).
-
-    Memory: writes out once (4 B/elem in float32); compute-bound on the CPU (a scalar
-    libm log per pair keeps the loop from vectorizing).
-    """
-    _fill_all(out, mean, std, seed, offset, unit, _normal_block)
+        if normal:
+            _normal_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
+        else:
+            _uniform_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
 
 
 def _unit():
@@ -166,17 +153,8 @@ def _unit():
     return max(1, int(config.CPU_RANDOM_CHUNK) // 4)
 
 
-def _fill(out, a, b, seed, offset, normal):
-    """The uniform or normal kernel on ``out`` with ``a``, ``b`` cast to its dtype; nothing
-    if empty."""
-    if out.size > 0:
-        f = out.dtype.type
-        kernel = _normal_kernel if normal else _uniform_kernel
-        kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit())
-
-
 @parallel_launcher
-def dropout(x, y, threshold, scale, seed, offset):
+def dropout(x, y, threshold, scale, seed, offset, stream=None):
     """``y[i] = x[i]·scale`` where ``word(i) ≥ threshold``, else exactly 0.
 
     ``word(i)`` is element i of the Philox4x32-10 stream ``(seed, offset)``
@@ -188,6 +166,7 @@ def dropout(x, y, threshold, scale, seed, offset):
         threshold: int in [0, 2³²] (0 keeps every element, 2³² drops every one).
         scale: float, cast to the dtype.
         seed, offset: ints in [0, 2⁶⁴).
+        stream: ignored (the CPU has none); accepted as on CUDA.
     """
     if x.size == 0:
         return
@@ -198,27 +177,22 @@ def dropout(x, y, threshold, scale, seed, offset):
 
 
 @parallel_launcher
-def uniform_(out, low, high, seed, offset):
-    """Fill ``out`` with ``low + (high − low)·u``, u uniform on [0, 1), in place.
+def fill(out, distribution, a, b, seed, offset, stream=None):
+    """Fill ``out`` in place from the stream ``(seed, offset)``: ``distribution``
+    "uniform", ``a + (b − a)·u`` with u uniform on [0, 1), or "normal", ``a + b·z`` with
+    z standard normal (Box-Muller).
 
     ``u`` has 24 random bits in float32 and 32 in float64 (one Philox word per element:
-    float64 values are multiples of 2⁻³²·(high − low)).
+    float64 values are multiples of 2⁻³²·(b − a)).
 
     Args:
         out: 1-D C-contiguous float32 or float64 NumPy array.
-        low, high: floats, cast to the dtype.
+        distribution: "uniform" or "normal".
+        a, b: low and high, or mean and std; floats, cast to the dtype.
         seed, offset: ints in [0, 2⁶⁴).
+        stream: ignored (the CPU has none); accepted as on CUDA.
     """
-    _fill(out, low, high, seed, offset, False)
-
-
-@parallel_launcher
-def normal_(out, mean, std, seed, offset):
-    """Fill ``out`` with ``mean + std·z``, z standard normal (Box-Muller), in place.
-
-    Args:
-        out: 1-D C-contiguous float32 or float64 NumPy array.
-        mean, std: floats, cast to the dtype.
-        seed, offset: ints in [0, 2⁶⁴).
-    """
-    _fill(out, mean, std, seed, offset, True)
+    if out.size > 0:
+        f = out.dtype.type
+        normal = {"uniform": False, "normal": True}[distribution]
+        _fill_kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit(), normal)

@@ -3,39 +3,42 @@
 ``x`` is C-contiguous ``(outer, C, inner)``; the kernels see it flat. Every launch of one
 call is queued on the caller's stream, with no host round trip in between:
 
-forward (training)  ``_bn_stats_*_kernel``      x → per-block Welford partials (3, P, C)
+forward (training)  ``_bn_stats_kernel``          x → per-block Welford partials (3, P, C)
                     ``_bn_stats_finalize_kernel`` Chan-merge → mean, invstd, running stats
-                    ``_bn_normalize_kernel``     x → y
-backward            ``_bn_grad_*_kernel``       dy, x → per-block partials of Σdy, Σdy·(x−mean)
-                    ``_bn_grad_finalize_kernel`` → dbias, dweight
-                    ``_bn_dx_kernel``            dy, x → dx
+                    ``_bn_normalize_kernel``      x → y
+backward            ``_bn_grad_kernel``           dy, x → per-block partials of Σdy, Σdy·(x−mean)
+                    ``_bn_grad_finalize_kernel``  → dbias, dweight, coefficients of dx
+                    ``_bn_dx_kernel``             dy, x → dx
+
+The per-channel math of the finalize kernels and the per-element ``dx`` are the rules of
+``kernels/rules.py`` (``batch_norm_statistics``, ``batch_norm_grad_coefficients``,
+``batch_norm_grad_input``), the same functions the CPU kernels compile.
 
 Memory traffic: forward reads x twice and writes y once; backward reads dy and x twice
 and writes dx once (training; eval skips the second read of x). Partials are O(P·C).
 
-Two layouts for the per-channel reductions, each with coalesced loads:
+The per-channel reductions run on a grid ``(ceil(C / bx), P)`` of ``(bx, by)`` blocks:
+``bx`` adjacent channels, ``by`` threads walking down a chunk of each channel's
+``outer·inner`` elements, then a column reduction over the block's rows. Both layouts
+load coalesced:
 
-* ``inner > 1`` (NCHW, ``_nchw``): grid ``(C, P)``, one block per (channel, chunk of the
-  channel's ``outer·inner`` elements); consecutive threads read consecutive elements of
-  an ``(n, c)`` row, walking from row to row with an incremental index (no division per
-  element). Block reduction over the whole block.
-* ``inner == 1`` (channels-last, ``_cl``): grid ``(ceil(C / bx), P)`` of ``(bx, by)``
-  blocks, ``bx = min(32, next_pow2(C))`` threads across adjacent channels (one load
-  instruction of a warp reads ``32 / bx`` rows of ``bx`` contiguous channels), ``by``
-  across rows. Column reduction over the block's rows.
+* ``inner > 1`` (NCHW): ``bx = 1``, a block per (channel, chunk); consecutive threads
+  read consecutive elements of an ``(n, c)`` row, walking from row to row with an
+  incremental index (no division per element).
+* ``inner == 1`` (channels-last): ``bx = min(32, next_pow2(C))`` (one load instruction of
+  a warp reads ``32 / bx`` rows of ``bx`` contiguous channels).
 
-The elementwise passes are one flat, grid-stride, coalesced kernel each for both layouts.
+The elementwise passes are one flat, grid-stride, coalesced scaffold for both layouts.
 Each thread keeps ``_UNROLL`` (statistics: ``_TILE``) loads in flight. Indices are int64
-throughout. float32 kernels compute in float32 only (``x.dtype.type`` literals,
-reductions accumulate in ``x.dtype``); the compile gate checks their PTX.
+throughout. The kernels accumulate and compute in ``x.dtype`` (``x.dtype.type``
+literals; the rules' literals are float32), so float32 kernels are float32 only; the
+compile gate checks their PTX.
 
 References: Chan, Golub & LeVeque (1983) for the merge; Ioffe & Szegedy (2015) for the
 op; PyTorch's ``Normalization.cuh`` for the layout split and the partials/finalize scheme.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import cuda
@@ -65,32 +68,36 @@ _MAX_GRID_Y = 65535
 # --- device helpers ---------------------------------------------------------------
 
 # The shared scalar rules (kernels/rules.py), compiled for the device.
-_running_update = cuda.jit(device=True, inline="always")(rules.running_update)
-_normalized = cuda.jit(device=True, inline="always")(rules.normalized)
+_normalized, _inverse_std, _batch_norm_statistics, _grad_coefficients, _grad_input = (
+    rules.compiled_batch_norm(cuda.jit(device=True, inline="always"))
+)
 
 
 @cuda.jit(device=True, inline="always")
-def _nchw_start(inner, nch, chunk, m):
-    """This thread's walk over chunk ``blockIdx.y`` of channel ``blockIdx.x`` (NCHW).
+def _channel_start(inner, nch, chunk, m):
+    """This thread's walk down chunk ``p = blockIdx.y`` (elements ``[p·chunk,
+    (p+1)·chunk)`` of the ``m = outer·inner``) of channel
+    ``c = blockIdx.x·blockDim.x + threadIdx.x``, ``blockDim.y`` threads abreast.
 
-    Returns ``(j, hi, i, a, stride, dr, da, wrap)``: channel-flat index ``j`` (advancing by
-    ``stride = blockDim.x`` up to ``hi``), its position ``i`` in its ``(n, c)`` row, its
-    offset ``a`` in ``x``, and the increments ``_nchw_step`` needs.
+    Returns ``(c, j, hi, i, a, stride, dr, da, wrap)``: channel-flat index ``j`` (advancing
+    by ``stride = blockDim.y`` up to ``hi``), its position ``i`` in its ``(n, c)`` row, its
+    offset ``a`` in ``x``, and the increments ``_channel_step`` needs.
     """
-    c = np.int64(cuda.blockIdx.x)
+    c = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
     p = np.int64(cuda.blockIdx.y)
-    stride = np.int64(cuda.blockDim.x)
+    stride = np.int64(cuda.blockDim.y)
     row = nch * inner
-    j = p * chunk + cuda.threadIdx.x
+    j = p * chunk + cuda.threadIdx.y
     i = j % inner
     a = (j // inner) * row + c * inner + i
     dr = stride % inner
-    return j, min((p + 1) * chunk, m), i, a, stride, dr, (stride // inner) * row + dr, row - inner
+    hi = min((p + 1) * chunk, m) if c < nch else j  # a channel past C walks nothing
+    return c, j, hi, i, a, stride, dr, (stride // inner) * row + dr, row - inner
 
 
 @cuda.jit(device=True, inline="always")
-def _nchw_step(i, a, dr, da, inner, wrap):
-    """Advance ``(i, a)`` of ``_nchw_start`` by one stride: two adds and a compare."""
+def _channel_step(i, a, dr, da, inner, wrap):
+    """Advance ``(i, a)`` of ``_channel_start`` by one stride: two adds and a compare."""
     i += dr
     a += da
     if i >= inner:
@@ -100,25 +107,11 @@ def _nchw_step(i, a, dr, da, inner, wrap):
 
 
 @cuda.jit(device=True, inline="always")
-def _cl_start(nch, rows_per_block, rows):
-    """This thread's walk down rows ``blockIdx.y·rows_per_block + [0, rows_per_block)`` of
-    channel ``c = blockIdx.x·blockDim.x + threadIdx.x`` (channels-last).
-
-    Returns ``(c, r, hi, a, da)``: row ``r`` (advancing by ``blockDim.y`` up to ``hi``), its
-    offset ``a = r·C + c`` in ``x``, and the offset increment ``da = blockDim.y·C``.
-    """
-    c = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
-    lo = np.int64(cuda.blockIdx.y) * rows_per_block
-    r = lo + cuda.threadIdx.y
-    return c, r, min(lo + rows_per_block, rows), r * nch + c, np.int64(cuda.blockDim.y) * nch
-
-
-@cuda.jit(device=True, inline="always")
 def _flat_start(inner, nch):
     """This thread's grid-stride walk over flat ``(outer, C, inner)`` elements.
 
     Returns ``(e, stride, i, ch, dr, dq)``: element ``e``, its position ``i`` in its row and
-    its channel ``ch``, and the increments ``_channel_step`` needs for ``stride``.
+    its channel ``ch``, and the increments ``_flat_step`` needs for ``stride``.
     """
     e = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
     stride = np.int64(cuda.gridDim.x) * cuda.blockDim.x
@@ -126,34 +119,63 @@ def _flat_start(inner, nch):
 
 
 @cuda.jit(device=True, inline="always")
-def _channel_step(i, ch, dr, dq, inner, nch):
-    """Advance ``(i, ch)`` of ``_flat_start`` by one stride: two compares, no division."""
-    i += dr
-    ch += dq
-    if i >= inner:
-        i -= inner
-        ch += 1
+def _flat_step(i, ch, dr, dq, inner, nch):
+    """Advance ``(i, ch)`` of ``_flat_start`` by one stride: ``_channel_step`` with a carry
+    of one channel, then ``ch`` modulo C. Two compares, no division."""
+    i, ch = _channel_step(i, ch, dr, dq, inner, 1)
     if ch >= nch:
         ch -= nch
     return i, ch
+
+
+@cuda.jit(device=True, inline="always")
+def _channel_map(element, x, dy, operands, flag, out, inner, nch, read_x, read_dy):
+    """``out[k] = element(dy[k], x[k], c, operands, flag)`` over this thread's grid-stride
+    elements (``c`` the channel of ``k``); only ``x`` (``read_x``) and ``dy``
+    (``read_dy``) are loaded, all ``_UNROLL`` loads issued before the stores.
+
+    ``element`` is a device function: Numba compiles (and inlines) a copy of this loop
+    for each, so the normalization and ``dx`` kernels share their scaffolding.
+    """
+    total = out.size
+    e, stride, i, ch, dr, dq = _flat_start(inner, nch)
+    grads = cuda.local.array(_UNROLL, out.dtype)
+    vals = cuda.local.array(_UNROLL, out.dtype)
+    chans = cuda.local.array(_UNROLL, np.int64)
+    while e < total:
+        for u in range(_UNROLL):
+            k = e + u * stride
+            if k < total:
+                if read_dy:
+                    grads[u] = dy[np.uint64(k)]
+                if read_x:
+                    vals[u] = x[np.uint64(k)]
+                chans[u] = ch
+            i, ch = _flat_step(i, ch, dr, dq, inner, nch)
+        for u in range(_UNROLL):
+            k = e + u * stride
+            if k < total:
+                out[np.uint64(k)] = element(grads[u], vals[u], np.uint64(chans[u]), operands, flag)
+        e += _UNROLL * stride
 
 
 # --- forward ----------------------------------------------------------------------
 
 
 @cuda.jit
-def _bn_stats_nchw_kernel(
-    x,  # input, flat (outer * C * inner,), inner > 1
-    partials,  # output, (3, P, C): count, mean, M2 of block (c, p)'s chunk of channel c
-    inner,  # elements per (n, c) row
-    chunk,  # channel elements per block: block (c, p) reduces [p·chunk, (p+1)·chunk)
+def _bn_stats_kernel(
+    x,  # input, flat (outer * C * inner,)
+    partials,  # output, (3, P, C): count, mean, M2 of chunk p of channel c
+    inner,  # elements per (n, c) row (1: channels-last)
+    chunk,  # channel elements per block row p: [p·chunk, (p+1)·chunk)
 ):
-    """Welford summary of one chunk of one channel into ``partials[:, p, c]``.
+    """Welford summaries of one chunk of ``blockDim.x`` adjacent channels into
+    ``partials[:, p, c]``.
 
     Per element: one load (x is read once), a few flops; one division per tile.
     """
     nch = partials.shape[2]
-    j, hi, i, a, stride, dr, da, wrap = _nchw_start(inner, nch, chunk, x.size // nch)
+    c, j, hi, i, a, stride, dr, da, wrap = _channel_start(inner, nch, chunk, x.size // nch)
     vals = cuda.local.array(_TILE, x.dtype)
     n = x.dtype.type(0)
     mean = x.dtype.type(0)
@@ -165,42 +187,8 @@ def _bn_stats_nchw_kernel(
                 vals[u] = x[np.uint64(a)]
                 count += 1
             j += stride
-            i, a = _nchw_step(i, a, dr, da, inner, wrap)
+            i, a = _channel_step(i, a, dr, da, inner, wrap)
         n, mean, m2 = welford_merge_values(n, mean, m2, vals, count)
-
-    smem = cuda.shared.array((3, MAX_WARPS, 1), x.dtype)
-    n, mean, m2 = block_welford(n, mean, m2, 1, smem)
-    if cuda.threadIdx.x == 0:
-        c = cuda.blockIdx.x
-        p = cuda.blockIdx.y
-        partials[0, p, c] = n
-        partials[1, p, c] = mean
-        partials[2, p, c] = m2
-
-
-@cuda.jit
-def _bn_stats_cl_kernel(
-    x,  # input, flat (rows * C,), channels fastest
-    partials,  # output, (3, P, C): count, mean, M2 of block (·, p)'s rows, per channel
-    rows_per_block,  # block (·, p) reduces rows [p·rows_per_block, (p+1)·rows_per_block)
-):
-    """Welford summaries of a block of rows for ``blockDim.x`` adjacent channels."""
-    nch = partials.shape[2]
-    c, r, hi, a, da = _cl_start(nch, rows_per_block, x.size // nch)
-    vals = cuda.local.array(_TILE, x.dtype)
-    n = x.dtype.type(0)
-    mean = x.dtype.type(0)
-    m2 = x.dtype.type(0)
-    if c < nch:
-        while r < hi:
-            count = 0
-            for u in range(_TILE):
-                if r < hi:  # the valid loads are a prefix: vals[:count]
-                    vals[u] = x[np.uint64(a)]
-                    count += 1
-                r += np.int64(cuda.blockDim.y)
-                a += da
-            n, mean, m2 = welford_merge_values(n, mean, m2, vals, count)
 
     smem = cuda.shared.array((3, MAX_WARPS, WARP_SIZE), x.dtype)
     n, mean, m2 = block_welford(n, mean, m2, np.int64(cuda.blockDim.x), smem)
@@ -223,15 +211,15 @@ def _bn_stats_finalize_kernel(
     momentum,  # x.dtype scalar
     eps,  # x.dtype scalar
 ):
-    """Per channel: merge the P partials; ``invstd = 1/√(var + eps)``; running update
-    ``r ← (1 − momentum)·r + momentum·b`` with the unbiased variance ``M2/(n − 1)``.
+    """Per channel: merge the P partials, then ``rules.batch_norm_statistics`` in
+    ``x.dtype`` (``invstd = 1/√(M2/n + eps)``, the running update with ``M2/(n − 1)``);
+    eval: ``invstd = 1/√(running_var + eps)``.
 
     Grid ``ceil(C / 32)`` of ``(32, rows)`` blocks: threads across channels (coalesced
     partial reads), rows across the P partials, then a column reduction.
     """
     nch = mean.size
     c = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
-    one = mean.dtype.type(1)
     if training:
         n = mean.dtype.type(0)
         mu = mean.dtype.type(0)
@@ -244,14 +232,25 @@ def _bn_stats_finalize_kernel(
         smem = cuda.shared.array((3, MAX_WARPS, WARP_SIZE), mean.dtype)
         n, mu, m2 = block_welford(n, mu, m2, np.int64(cuda.blockDim.x), smem)
         if cuda.threadIdx.y == 0 and c < nch:
+            inv, rm, rv = _batch_norm_statistics(
+                n, mu, m2, running_mean[c], running_var[c], momentum, eps, update_running
+            )
             mean[c] = mu
-            invstd[c] = one / math.sqrt(m2 / n + eps)
+            invstd[c] = inv
             if update_running:
-                running_mean[c] = _running_update(running_mean[c], mu, momentum)
-                running_var[c] = _running_update(running_var[c], m2 / (n - one), momentum)
+                running_mean[c] = rm
+                running_var[c] = rv
     elif cuda.threadIdx.y == 0 and c < nch:
         mean[c] = running_mean[c]
-        invstd[c] = one / math.sqrt(running_var[c] + eps)
+        invstd[c] = _inverse_std(running_var[c], eps)
+
+
+@cuda.jit(device=True, inline="always")
+def _normalize_element(g, v, c, operands, flag):
+    """``y = (x − mean)·(invstd·weight) + bias``; ``operands = (mean, invstd, weight,
+    bias)``."""
+    mean, invstd, weight, bias = operands
+    return _normalized(v, mean[c], invstd[c] * weight[c], bias[c])
 
 
 @cuda.jit
@@ -267,46 +266,31 @@ def _bn_normalize_kernel(
     """``y = (x − mean)·(invstd·weight) + bias``: reads x once, writes y once.
 
     The per-channel operands are read through L1 (broadcast in NCHW, coalesced in
-    channels-last); all ``_UNROLL`` loads of x are issued before the stores.
+    channels-last).
     """
-    nch = mean.size
-    total = x.size
-    e, stride, i, ch, dr, dq = _flat_start(inner, nch)
-    vals = cuda.local.array(_UNROLL, x.dtype)
-    chans = cuda.local.array(_UNROLL, np.int64)
-    while e < total:
-        for u in range(_UNROLL):
-            k = e + u * stride
-            if k < total:
-                vals[u] = x[np.uint64(k)]
-                chans[u] = ch
-            i, ch = _channel_step(i, ch, dr, dq, inner, nch)
-        for u in range(_UNROLL):
-            k = e + u * stride
-            if k < total:
-                c = np.uint64(chans[u])
-                y[np.uint64(k)] = _normalized(vals[u], mean[c], invstd[c] * weight[c], bias[c])
-        e += _UNROLL * stride
+    operands = (mean, invstd, weight, bias)
+    _channel_map(_normalize_element, x, x, operands, False, y, inner, mean.size, True, False)
 
 
 # --- backward ---------------------------------------------------------------------
 
 
 @cuda.jit
-def _bn_grad_nchw_kernel(
-    dy,  # input, flat (outer * C * inner,), inner > 1
+def _bn_grad_kernel(
+    dy,  # input, flat (outer * C * inner,)
     x,  # input, flat like dy
     mean,  # input, (C,)
-    partials,  # output, (2, P, C): Σdy and Σdy·(x − mean) of block (c, p)'s chunk
-    inner,  # elements per (n, c) row
-    chunk,  # channel elements per block
+    partials,  # output, (2, P, C): Σdy and Σdy·(x − mean) of chunk p of channel c
+    inner,  # elements per (n, c) row (1: channels-last)
+    chunk,  # channel elements per block row p: [p·chunk, (p+1)·chunk)
 ):
-    """Partial sums ``Σdy``, ``Σdy·(x − mean)`` of one chunk of one channel (NCHW)."""
+    """Partial sums ``Σdy``, ``Σdy·(x − mean)`` of one chunk of ``blockDim.x`` adjacent
+    channels into ``partials[:, p, c]``."""
     nch = partials.shape[2]
-    j, hi, i, a, stride, dr, da, wrap = _nchw_start(inner, nch, chunk, x.size // nch)
-    mc = mean[cuda.blockIdx.x]
+    c, j, hi, i, a, stride, dr, da, wrap = _channel_start(inner, nch, chunk, x.size // nch)
     s_dy = x.dtype.type(0)
     s_dyx = x.dtype.type(0)
+    mc = mean[min(c, nch - 1)]
     while j < hi:
         for _ in range(_UNROLL):
             if j < hi:
@@ -314,41 +298,7 @@ def _bn_grad_nchw_kernel(
                 s_dy += g
                 s_dyx += g * (x[np.uint64(a)] - mc)
             j += stride
-            i, a = _nchw_step(i, a, dr, da, inner, wrap)
-
-    smem = cuda.shared.array((MAX_WARPS, 1), x.dtype)
-    s_dy = block_sum(s_dy, 1, smem)
-    s_dyx = block_sum(s_dyx, 1, smem)
-    if cuda.threadIdx.x == 0:
-        c = cuda.blockIdx.x
-        p = cuda.blockIdx.y
-        partials[0, p, c] = s_dy
-        partials[1, p, c] = s_dyx
-
-
-@cuda.jit
-def _bn_grad_cl_kernel(
-    dy,  # input, flat (rows * C,), channels fastest
-    x,  # input, flat like dy
-    mean,  # input, (C,)
-    partials,  # output, (2, P, C): Σdy and Σdy·(x − mean) of block (·, p)'s rows
-    rows_per_block,  # block (·, p) reduces rows [p·rows_per_block, (p+1)·rows_per_block)
-):
-    """Partial sums ``Σdy``, ``Σdy·(x − mean)`` of a block of rows (channels-last)."""
-    nch = partials.shape[2]
-    c, r, hi, a, da = _cl_start(nch, rows_per_block, x.size // nch)
-    s_dy = x.dtype.type(0)
-    s_dyx = x.dtype.type(0)
-    if c < nch:
-        mc = mean[c]
-        while r < hi:
-            for _ in range(_UNROLL):
-                if r < hi:
-                    g = dy[np.uint64(a)]
-                    s_dy += g
-                    s_dyx += g * (x[np.uint64(a)] - mc)
-                r += np.int64(cuda.blockDim.y)
-                a += da
+            i, a = _channel_step(i, a, dr, da, inner, wrap)
 
     smem = cuda.shared.array((MAX_WARPS, WARP_SIZE), x.dtype)
     width = np.int64(cuda.blockDim.x)
@@ -363,11 +313,16 @@ def _bn_grad_cl_kernel(
 @cuda.jit
 def _bn_grad_finalize_kernel(
     partials,  # input, (2, P, C)
+    weight,  # input, (C,)
     invstd,  # input, (C,)
+    n,  # x.dtype scalar: elements per channel (outer·inner)
     dweight,  # output, (C,)
     dbias,  # output, (C,)
+    coef,  # output, (3, C): a, b, d of dx = a·dy − b·(x − mean) − d
 ):
-    """Per channel: ``dbias = Σdy``, ``dweight = invstd·Σdy·(x − mean)`` over the P partials.
+    """Per channel: sum the P partials, then ``rules.batch_norm_grad_coefficients`` in
+    ``x.dtype``: ``dbias = Σdy``, ``dweight = invstd·Σdy·(x − mean)`` and the coefficients
+    of ``dx``.
 
     Same ``(32, rows)`` block layout as ``_bn_stats_finalize_kernel``.
     """
@@ -385,7 +340,16 @@ def _bn_grad_finalize_kernel(
     s_dyx = block_sum(s_dyx, width, smem)
     if cuda.threadIdx.y == 0 and c < nch:
         dbias[c] = s_dy
-        dweight[c] = s_dyx * invstd[c]
+        dweight[c], coef[0, c], coef[1, c], coef[2, c] = _grad_coefficients(
+            s_dy, s_dyx, weight[c], invstd[c], n
+        )
+
+
+@cuda.jit(device=True, inline="always")
+def _dx_element(g, v, c, operands, training):
+    """``rules.batch_norm_grad_input``; ``operands = (mean, coef)``."""
+    mean, coef = operands
+    return _grad_input(g, v, mean[c], coef[0, c], coef[1, c], coef[2, c], training)
 
 
 @cuda.jit
@@ -393,47 +357,17 @@ def _bn_dx_kernel(
     dy,  # input, flat (outer * C * inner,)
     x,  # input, flat like dy (not read when not training)
     mean,  # input, (C,)
-    invstd,  # input, (C,)
-    weight,  # input, (C,)
-    dweight,  # input, (C,)
-    dbias,  # input, (C,)
+    coef,  # input, (3, C): a, b, d from _bn_grad_finalize_kernel
     dx,  # output, flat like dy
     inner,  # elements per (n, c) row (1: channels-last)
-    inv_count,  # x.dtype scalar, 1/n with n = outer·inner elements per channel
     training,  # differentiate through the batch statistics
 ):
-    """Training: ``dx = w·invstd·(dy − dbias/n − (x − mean)·invstd·dweight/n)``;
-    eval: ``dx = dy·w·invstd``.
+    """Training: ``dx = a·dy − b·(x − mean) − d``; eval: ``dx = a·dy``.
 
-    Reads dy (and x when training) once, writes dx once; loads issued before stores.
+    Reads dy (and x when training) once, writes dx once.
     """
-    nch = mean.size
-    total = dy.size
-    e, stride, i, ch, dr, dq = _flat_start(inner, nch)
-    grads = cuda.local.array(_UNROLL, dy.dtype)
-    vals = cuda.local.array(_UNROLL, dy.dtype)
-    chans = cuda.local.array(_UNROLL, np.int64)
-    while e < total:
-        for u in range(_UNROLL):
-            k = e + u * stride
-            if k < total:
-                grads[u] = dy[np.uint64(k)]
-                if training:
-                    vals[u] = x[np.uint64(k)]
-                chans[u] = ch
-            i, ch = _channel_step(i, ch, dr, dq, inner, nch)
-        for u in range(_UNROLL):
-            k = e + u * stride
-            if k < total:
-                c = np.uint64(chans[u])
-                scale = weight[c] * invstd[c]
-                if training:
-                    xmu_coef = invstd[c] * dweight[c] * inv_count
-                    g = grads[u] - dbias[c] * inv_count - (vals[u] - mean[c]) * xmu_coef
-                    dx[np.uint64(k)] = scale * g
-                else:
-                    dx[np.uint64(k)] = scale * grads[u]
-        e += _UNROLL * stride
+    operands = (mean, coef)
+    _channel_map(_dx_element, x, dy, operands, training, dx, inner, mean.size, training, True)
 
 
 # --- launchers --------------------------------------------------------------------
@@ -450,27 +384,21 @@ def _parts(n: int, target: int, min_per_part: int) -> tuple[int, int]:
     return -(-n // per), per
 
 
-def _channel_partials(nchw_kernel, cl_kernel, arrays, nstats, shape, dtype, stream):
-    """Launch the per-channel reduction for the layout of ``shape``.
+def _channel_partials(kernel, arrays, nstats, shape, dtype, stream):
+    """Launch the per-channel reduction ``kernel`` over ``arrays`` for the layout of
+    ``shape``; returns its ``(nstats, P, C)`` partials.
 
-    Returns its ``(nstats, P, C)`` partials. NCHW: ``C·P`` blocks of ``CUDA_THREADS``;
-    channels-last: ``ceil(C / bx)·P`` blocks of ``(bx, CUDA_THREADS / bx)``. ``P`` is
-    chosen so that the grid about fills the device (and no block has less than
-    ``CUDA_MIN_CHUNK`` elements to reduce).
+    ``ceil(C / bx)·P`` blocks of ``(bx, CUDA_THREADS / bx)``: ``bx = 1`` for NCHW,
+    ``min(32, next_pow2(C))`` channels-last. ``P`` is chosen so that the grid about fills
+    the device (and no block has less than ``CUDA_MIN_CHUNK`` elements to reduce).
     """
     outer, nch, inner = shape
-    threads = config.CUDA_THREADS
-    blocks = resident_blocks()
-    if inner > 1:
-        nparts, chunk = _parts(outer * inner, blocks // nch, config.CUDA_MIN_CHUNK)
-        partials = cuda.device_array((nstats, nparts, nch), dtype, stream=stream)
-        nchw_kernel[(nch, nparts), threads, stream](*arrays, partials, inner, chunk)
-    else:
-        bx = min(WARP_SIZE, 1 << (nch - 1).bit_length())
-        cblocks = -(-nch // bx)
-        nparts, rows = _parts(outer, blocks // cblocks, config.CUDA_MIN_CHUNK // bx)
-        partials = cuda.device_array((nstats, nparts, nch), dtype, stream=stream)
-        cl_kernel[(cblocks, nparts), (bx, threads // bx), stream](*arrays, partials, rows)
+    bx = 1 if inner > 1 else min(WARP_SIZE, 1 << (nch - 1).bit_length())
+    cblocks = -(-nch // bx)
+    nparts, chunk = _parts(outer * inner, resident_blocks() // cblocks, config.CUDA_MIN_CHUNK // bx)
+    partials = cuda.device_array((nstats, nparts, nch), dtype, stream=stream)
+    block = (bx, config.CUDA_THREADS // bx)
+    kernel[(cblocks, nparts), block, stream](*arrays, partials, inner, chunk)
     return partials
 
 
@@ -510,9 +438,7 @@ def batch_norm_forward(
     nch = x.shape[1]
     flat_x = x.reshape(x.size)
     if training:
-        partials = _channel_partials(
-            _bn_stats_nchw_kernel, _bn_stats_cl_kernel, (flat_x,), 3, x.shape, dtype, stream
-        )
+        partials = _channel_partials(_bn_stats_kernel, (flat_x,), 3, x.shape, dtype, stream)
     else:
         partials = cuda.device_array((3, 0, nch), dtype, stream=stream)
     grid, block = _finalize_grid(nch)
@@ -533,9 +459,9 @@ def batch_norm_backward(
     """Gradients of batch normalization over C-contiguous ``(outer, C, inner)`` arrays.
 
     ``dbias = Σdy``, ``dweight = Σdy·xhat`` per channel (partials per block, summed per
-    channel), then ``dx`` (through the batch statistics when ``training``). Three
-    launches on ``stream``, no host sync; the only allocation is the ``(2, P, C)``
-    partials, on ``stream``.
+    channel, with the coefficients of ``dx``), then ``dx`` (through the batch statistics
+    when ``training``). Three launches on ``stream``, no host sync; the only allocations
+    are the ``(2, P, C)`` partials and the ``(3, C)`` coefficients, on ``stream``.
 
     Args:
         dy, x, dx: device arrays ``(outer, C, inner)`` of float32 or float64.
@@ -549,13 +475,14 @@ def batch_norm_backward(
     flat_dy = dy.reshape(dy.size)
     flat_x = x.reshape(x.size)
     partials = _channel_partials(
-        _bn_grad_nchw_kernel, _bn_grad_cl_kernel, (flat_dy, flat_x, mean), 2, x.shape, dtype,
-        stream,
-    )  # fmt: skip
+        _bn_grad_kernel, (flat_dy, flat_x, mean), 2, x.shape, dtype, stream
+    )
+    coef = cuda.device_array((3, nch), dtype, stream=stream)
     grid, block = _finalize_grid(nch)
-    _bn_grad_finalize_kernel[grid, block, stream](partials, invstd, dweight, dbias)
+    _bn_grad_finalize_kernel[grid, block, stream](
+        partials, weight, invstd, dtype.type(outer * inner), dweight, dbias, coef
+    )
     grid, block = _flat_grid(x.size)
     _bn_dx_kernel[grid, block, stream](
-        flat_dy, flat_x, mean, invstd, weight, dweight, dbias, dx.reshape(dx.size), inner,
-        dtype.type(1.0 / (outer * inner)), bool(training),
-    )  # fmt: skip
+        flat_dy, flat_x, mean, coef, dx.reshape(dx.size), inner, bool(training)
+    )

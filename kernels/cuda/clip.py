@@ -39,6 +39,16 @@ _term = _rule(rules.norm_term)
 _combine = _rule(rules.norm_combine)
 
 
+@cuda.jit(device=True, inline="always")
+def _load_strided(x, i, stride, vals):
+    """``vals[u] ← x[i + u·stride]`` for each ``u < vals.size`` whose index is below
+    ``x.size``: a thread's loads of one trip, all issued before any is used."""
+    for u in range(vals.size):
+        k = i + u * stride
+        if k < x.size:
+            vals[u] = x[np.uint64(k)]
+
+
 @cuda.jit
 def _norm_partials_kernel(
     grad,  # input, (n,)
@@ -58,10 +68,7 @@ def _norm_partials_kernel(
     vals = cuda.local.array(_NORM_UNROLL, grad.dtype)
     acc = _identity(mode)
     while i < n:
-        for u in range(_NORM_UNROLL):
-            k = i + u * stride
-            if k < n:
-                vals[u] = grad[np.uint64(k)]
+        _load_strided(grad, i, stride, vals)
         for u in range(_NORM_UNROLL):
             if i + u * stride < n:
                 acc = _combine(acc, _term(np.float64(vals[u]), mode, p), mode)
@@ -110,10 +117,7 @@ def _map_in_place(x, op, a, b):
     stride = cuda.gridsize(1)
     vals = cuda.local.array(_UNROLL, x.dtype)
     while i < n:
-        for u in range(_UNROLL):
-            k = i + u * stride
-            if k < n:
-                vals[u] = x[np.uint64(k)]
+        _load_strided(x, i, stride, vals)
         for u in range(_UNROLL):
             k = i + u * stride
             if k < n:

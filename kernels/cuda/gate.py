@@ -63,16 +63,14 @@ _I, _B, _DIMS = "int64", "boolean", "UniTuple(int64, 4)"
 _I1, _I2D, _T2D, _U2D = "int64[::1]", "int64[:, ::1]", "{t}[:, ::1]", "uint8[:, ::1]"
 
 KERNELS: tuple[KernelSpec, ...] = (
-    KernelSpec("batchnorm", "_bn_stats_nchw_kernel", _sig(_A1, _A3, _I, _I)),
-    KernelSpec("batchnorm", "_bn_stats_cl_kernel", _sig(_A1, _A3, _I)),
+    KernelSpec("batchnorm", "_bn_stats_kernel", _sig(_A1, _A3, _I, _I)),
     KernelSpec(
         "batchnorm", "_bn_stats_finalize_kernel", _sig(_A3, _A1, _A1, _A1, _A1, _B, _B, _T, _T)
     ),
     KernelSpec("batchnorm", "_bn_normalize_kernel", _sig(_A1, _A1, _A1, _A1, _A1, _A1, _I)),
-    KernelSpec("batchnorm", "_bn_grad_nchw_kernel", _sig(_A1, _A1, _A1, _A3, _I, _I)),
-    KernelSpec("batchnorm", "_bn_grad_cl_kernel", _sig(_A1, _A1, _A1, _A3, _I)),
-    KernelSpec("batchnorm", "_bn_grad_finalize_kernel", _sig(_A3, _A1, _A1, _A1)),
-    KernelSpec("batchnorm", "_bn_dx_kernel", _sig(*[_A1] * 8, _I, _T, _B)),
+    KernelSpec("batchnorm", "_bn_grad_kernel", _sig(_A1, _A1, _A1, _A3, _I, _I)),
+    KernelSpec("batchnorm", "_bn_grad_finalize_kernel", _sig(_A3, _A1, _A1, _T, _A1, _A1, _T2D)),
+    KernelSpec("batchnorm", "_bn_dx_kernel", _sig(_A1, _A1, _A1, _T2D, _A1, _I, _B)),
     KernelSpec("copy", "_gather_kernel", _sig(_A1, _A1, _DIMS, _DIMS, _I)),
     KernelSpec(
         "clip",

@@ -88,6 +88,22 @@ def _source(spec: specs.RuleSpec) -> str:
         for c, state in enumerate(spec.states, start=2)
     ]
     nl = "\n"
+    piece = [
+        *row_flags,
+        *pointers,
+        "            i = a + cuda.threadIdx.x",
+        "            while i < b:",
+        "                for u in range(_UNROLL):",
+        "                    j = i + u * cuda.blockDim.x",
+        "                    if j < b:",
+        *loads,
+        "                for u in range(_UNROLL):",
+        "                    j = i + u * cuda.blockDim.x",
+        "                    if j < b:",
+        f"                        r = _{name}_rule({args})",
+        *stores,
+        "                i += _UNROLL * cuda.blockDim.x",
+    ]
     return f'''
 from numba import cuda
 
@@ -102,28 +118,7 @@ def _{name}_kernel(segments, offsets, first_segment, scalars, flags, chunk):
 {nl.join(registers)}
     unit = cuda.blockIdx.x
     while unit < first_segment.size:
-        lo = unit * chunk
-        hi = min(lo + chunk, total)
-        s = first_segment[unit]
-        while s < segments.shape[0] and offsets[s] < hi:
-            a = max(lo, offsets[s]) - offsets[s]
-            b = min(hi, offsets[s + 1]) - offsets[s]
-            row = segments[s, 0]
-{nl.join(row_flags)}
-{nl.join(pointers)}
-            i = a + cuda.threadIdx.x
-            while i < b:
-                for u in range(_UNROLL):
-                    j = i + u * cuda.blockDim.x
-                    if j < b:
-{nl.join(loads)}
-                for u in range(_UNROLL):
-                    j = i + u * cuda.blockDim.x
-                    if j < b:
-                        r = _{name}_rule({args})
-{nl.join(stores)}
-                i += _UNROLL * cuda.blockDim.x
-            s += 1
+{_codegen.segment_walk("unit", nl.join(piece))}
         unit += cuda.gridDim.x
 '''
 

@@ -165,35 +165,20 @@ def dropout(x, y, threshold, scale, seed, offset, stream=None):
     launch(_dropout_kernel, x.size, args, stream, per_thread=4)
 
 
-def _launch_fill(kernel, out, a, b, seed, offset, stream):
-    """``kernel(out, a, b, seed, offset)``, a and b cast to out's dtype (a fill kernel)."""
+def fill(out, distribution, a, b, seed, offset, stream=None):
+    """Fill ``out`` in place from the stream ``(seed, offset)``: ``distribution``
+    "uniform", ``a + (b − a)·u`` with u uniform on [0, 1), or "normal", ``a + b·z`` with
+    z standard normal (Box-Muller). Same values as ``kernels/cpu/random.fill`` (see the
+    module docstring for where they may differ by an ulp).
+
+    Args:
+        out: 1-D contiguous float32 or float64 device array.
+        distribution: "uniform" or "normal".
+        a, b: low and high, or mean and std; floats, cast to the dtype.
+        seed, offset: ints in [0, 2⁶⁴).
+        stream: a numba stream, or None for the default stream.
+    """
     f = out.dtype.type
     args = (out, f(a), f(b), np.uint64(seed), np.uint64(offset))
-    launch(kernel, out.size, args, stream, per_thread=4)
-
-
-def uniform_(out, low, high, seed, offset, stream=None):
-    """Fill ``out`` with ``low + (high − low)·u``, u uniform on [0, 1), in place.
-
-    ``u`` has 24 random bits in float32 and 32 in float64 (one Philox word per element:
-    float64 values are multiples of 2⁻³²·(high − low)).
-
-    Args:
-        out: 1-D contiguous float32 or float64 device array.
-        low, high: floats, cast to the dtype.
-        seed, offset: ints in [0, 2⁶⁴).
-        stream: a numba stream, or None for the default stream.
-    """
-    _launch_fill(_uniform_kernel, out, low, high, seed, offset, stream)
-
-
-def normal_(out, mean, std, seed, offset, stream=None):
-    """Fill ``out`` with ``mean + std·z``, z standard normal (Box-Muller), in place.
-
-    Args:
-        out: 1-D contiguous float32 or float64 device array.
-        mean, std: floats, cast to the dtype.
-        seed, offset: ints in [0, 2⁶⁴).
-        stream: a numba stream, or None for the default stream.
-    """
-    _launch_fill(_normal_kernel, out, mean, std, seed, offset, stream)
+    kernel = {"uniform": "_uniform_kernel", "normal": "_normal_kernel"}[distribution]
+    launch(globals()[kernel], out.size, args, stream, per_thread=4)

@@ -2,17 +2,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from pyopt import _optim_functional as F
 from pyopt.optim._optimizer import Optimizer
 
 
-class SGD(Optimizer):
+def _hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's ``defaults``: its arguments in signature order but ``self`` and
+    ``params``, from its ``locals()`` taken before it binds any other name (``__class__``
+    is there too, for ``super()``)."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+
+
+@functools.cache
+def _keywords(build: Callable[..., Any]) -> frozenset[str]:
+    """The hyperparameters a functional rule takes by keyword (``lr``, ``beta1``...)."""
+    return frozenset(
+        name
+        for name, p in inspect.signature(build).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in ("grad_scale", "check")
+    )
+
+
+class _Rule(Optimizer):
+    """An optimizer whose step is one rule of :mod:`pyopt._optim_functional`.
+
+    A subclass names the rule's builder (``F._sgd``...) in ``_build`` and its state
+    tensors, in the builder's argument order, in ``_state_args``; the builder takes the
+    group's hyperparameters by name (``betas`` split into ``beta1``, ``beta2``).
+    """
+
+    _build: ClassVar[Callable[..., tuple[str | None, F.Part]]]
+    _state_args: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def _part(cls, group, params, grads, state, steps, grad_scale):
+        if "betas" in group:
+            group = {**group, "beta1": group["betas"][0], "beta2": group["betas"][1]}
+        hp = {name: group[name] for name in _keywords(cls._build)}
+        states = [state.get(name) for name in cls._state_args]
+        _, part = cls._build(
+            params, grads, *states, steps, **hp, grad_scale=grad_scale, check=False
+        )
+        return part
+
+
+class SGD(_Rule):
     """Stochastic gradient descent with momentum and Nesterov momentum.
 
-    A drop-in for ``torch.optim.SGD`` (same defaults and rule; see
+    ``torch.optim.SGD``'s rule, defaults and state names, with the gradients passed to
+    :meth:`step` (on torch tensors, :class:`pyopt.torch.optim.SGD` replaces torch's; see
     :func:`pyopt.functional.sgd_`): ``b ← μ·b + (1 − dampening)·g`` (``b ← g`` on the
     first step), ``p ← p − lr·(g + μ·b)`` with Nesterov, else ``p ← p − lr·b``.
 
@@ -31,6 +74,8 @@ class SGD(Optimizer):
     """
 
     _rule = "SGD"
+    _build = staticmethod(F._sgd)
+    _state_args = ("momentum_buffer",)
 
     def __init__(
         self,
@@ -43,15 +88,7 @@ class SGD(Optimizer):
         *,
         maximize: bool = False,
     ):
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _hyperparameters(locals()))
 
     @staticmethod
     def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
@@ -69,27 +106,11 @@ class SGD(Optimizer):
         super()._allocate(gi, name)
         self._states[gi].steps[:] = 0
 
-    @staticmethod
-    def _part(group, params, grads, state, steps, grad_scale):
-        _, part = F._sgd(
-            params,
-            grads,
-            state.get("momentum_buffer"),
-            steps,
-            lr=group["lr"],
-            momentum=group["momentum"],
-            dampening=group["dampening"],
-            weight_decay=group["weight_decay"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
-            grad_scale=grad_scale,
-            check=False,
-        )
-        return part
 
-
-class Adam(Optimizer):
-    """Adam (Kingma & Ba, 2015), with AMSGrad; a drop-in for ``torch.optim.Adam``.
+class Adam(_Rule):
+    """Adam (Kingma & Ba, 2015), with AMSGrad: ``torch.optim.Adam``'s rule, defaults and
+    state names, with the gradients passed to :meth:`step` (on torch tensors,
+    :class:`pyopt.torch.optim.Adam` replaces torch's).
 
     ``m ← β1·m + (1 − β1)·g``, ``v ← β2·v + (1 − β2)·g²``,
     ``p ← p − lr/(1 − β1^t)·m / (√(v/(1 − β2^t)) + ε)`` (see :func:`pyopt.functional.adam_`);
@@ -104,6 +125,8 @@ class Adam(Optimizer):
     """
 
     _rule = "Adam"
+    _build = staticmethod(F._adam)
+    _state_args = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(
         self,
@@ -117,15 +140,9 @@ class Adam(Optimizer):
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
     ):
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, list | tuple) else betas,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
+        defaults = _hyperparameters(locals())
+        if isinstance(betas, list | tuple):
+            defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
 
     @staticmethod
@@ -133,34 +150,13 @@ class Adam(Optimizer):
         names = ("exp_avg", "exp_avg_sq")
         return (*names, "max_exp_avg_sq") if group["amsgrad"] else names
 
-    @staticmethod
-    def _part(group, params, grads, state, steps, grad_scale):
-        beta1, beta2 = group["betas"]
-        _, part = F._adam(
-            params,
-            grads,
-            state["exp_avg"],
-            state["exp_avg_sq"],
-            state.get("max_exp_avg_sq"),
-            steps,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=group["amsgrad"],
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            grad_scale=grad_scale,
-            check=False,
-        )
-        return part
-
 
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
-    A drop-in for ``torch.optim.AdamW``: ``p ← p·(1 − lr·λ)`` before the Adam update,
+    ``torch.optim.AdamW``'s rule, defaults and state names, with the gradients passed to
+    :meth:`step` (on torch tensors, :class:`pyopt.torch.optim.AdamW` replaces torch's):
+    ``p ← p·(1 − lr·λ)`` before the Adam update,
     instead of adding ``λ·p`` to the gradient; ``weight_decay`` defaults to 1e-2. As
     torch's, it is :class:`Adam` with ``decoupled_weight_decay=True``, also after loading a
     state dict that says otherwise.
@@ -179,26 +175,21 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
     ):
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize=maximize,
-            decoupled_weight_decay=True,
-        )
+        super().__init__(params, **_hyperparameters(locals()), decoupled_weight_decay=True)
 
 
-class Adagrad(Optimizer):
-    """Adagrad (Duchi et al., 2011); a drop-in for ``torch.optim.Adagrad``.
+class Adagrad(_Rule):
+    """Adagrad (Duchi et al., 2011): ``torch.optim.Adagrad``'s rule, defaults and state
+    names, with the gradients passed to :meth:`step` (on torch tensors,
+    :class:`pyopt.torch.optim.Adagrad` replaces torch's).
 
     ``s ← s + g²``, ``p ← p − lr/(1 + (t − 1)·lr_decay) · g/(√s + ε)``. The ``sum``
     state exists from construction, filled with ``initial_accumulator_value``.
     """
 
     _rule = "Adagrad"
+    _build = staticmethod(F._adagrad)
+    _state_args = ("sum",)
 
     def __init__(
         self,
@@ -211,15 +202,7 @@ class Adagrad(Optimizer):
         *,
         maximize: bool = False,
     ):
-        defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "eps": eps,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _hyperparameters(locals()))
 
     def _init_group_state(self, gi: int) -> None:
         self._ensure_state(gi)
@@ -235,33 +218,19 @@ class Adagrad(Optimizer):
     def _has_state(self, gi: int, k: int) -> bool:
         return True
 
-    @staticmethod
-    def _part(group, params, grads, state, steps, grad_scale):
-        _, part = F._adagrad(
-            params,
-            grads,
-            state["sum"],
-            steps,
-            lr=group["lr"],
-            lr_decay=group["lr_decay"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-            grad_scale=grad_scale,
-            check=False,
-        )
-        return part
 
-
-class RMSprop(Optimizer):
-    """RMSprop (Hinton, 2012), centered and with momentum; a drop-in for
-    ``torch.optim.RMSprop``.
+class RMSprop(_Rule):
+    """RMSprop (Hinton, 2012), centered and with momentum: ``torch.optim.RMSprop``'s rule,
+    defaults and state names, with the gradients passed to :meth:`step`
+    (on torch tensors, :class:`pyopt.torch.optim.RMSprop` replaces torch's).
 
     ``v ← α·v + (1 − α)·g²``, ``p ← p − lr·g/(√v + ε)`` (centered: ``√(v − ḡ²)``; with
     momentum the step goes through a buffer ``b ← μ·b + g/(√v + ε)``).
     """
 
     _rule = "RMSprop"
+    _build = staticmethod(F._rmsprop)
+    _state_args = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(
         self,
@@ -275,16 +244,7 @@ class RMSprop(Optimizer):
         *,
         maximize: bool = False,
     ):
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "centered": centered,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _hyperparameters(locals()))
 
     @staticmethod
     def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
@@ -295,36 +255,19 @@ class RMSprop(Optimizer):
             names.append("grad_avg")
         return tuple(names)
 
-    @staticmethod
-    def _part(group, params, grads, state, steps, grad_scale):
-        _, part = F._rmsprop(
-            params,
-            grads,
-            state["square_avg"],
-            state.get("grad_avg"),
-            state.get("momentum_buffer"),
-            steps,
-            lr=group["lr"],
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
-            centered=group["centered"],
-            maximize=group["maximize"],
-            grad_scale=grad_scale,
-            check=False,
-        )
-        return part
 
-
-class Adadelta(Optimizer):
-    """Adadelta (Zeiler, 2012); a drop-in for ``torch.optim.Adadelta``.
+class Adadelta(_Rule):
+    """Adadelta (Zeiler, 2012): ``torch.optim.Adadelta``'s rule, defaults and state names,
+    with the gradients passed to :meth:`step` (on torch tensors,
+    :class:`pyopt.torch.optim.Adadelta` replaces torch's).
 
     ``v ← ρ·v + (1 − ρ)·g²``, ``Δ = √(u + ε)/√(v + ε)·g``, ``u ← ρ·u + (1 − ρ)·Δ²``,
     ``p ← p − lr·Δ``.
     """
 
     _rule = "Adadelta"
+    _build = staticmethod(F._adadelta)
+    _state_args = ("square_avg", "acc_delta")
 
     def __init__(
         self,
@@ -336,33 +279,8 @@ class Adadelta(Optimizer):
         *,
         maximize: bool = False,
     ):
-        defaults = {
-            "lr": lr,
-            "rho": rho,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "maximize": maximize,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, _hyperparameters(locals()))
 
     @staticmethod
     def _state_names(group: dict[str, Any]) -> tuple[str, ...]:
         return ("square_avg", "acc_delta")
-
-    @staticmethod
-    def _part(group, params, grads, state, steps, grad_scale):
-        _, part = F._adadelta(
-            params,
-            grads,
-            state["square_avg"],
-            state["acc_delta"],
-            steps,
-            lr=group["lr"],
-            rho=group["rho"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            grad_scale=grad_scale,
-            check=False,
-        )
-        return part

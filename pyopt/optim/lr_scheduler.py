@@ -99,34 +99,30 @@ def _nonzero(name: str, value: Any) -> float:
     return value
 
 
+def _each_group(
+    name: str, optimizer: Optimizer, value: Any, noun: str, check: Callable[[str, Any], _T]
+) -> list[_T]:
+    """``value`` for each param group, each checked by ``check(label, v)``: a single value
+    is repeated, a list or tuple must hold one ``noun`` per group."""
+    n = len(optimizer.param_groups)
+    if isinstance(value, list | tuple):
+        if len(value) != n:
+            raise ValueError(
+                f"{name} must have one {noun} per param group ({n}), got {len(value)} {noun}s"
+            )
+        return [check(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return [check(name, value)] * n
+
+
 def _per_group(name: str, optimizer: Optimizer, value: Any) -> list[float]:
-    """``value`` for each param group: a real is repeated, a list must hold one per group."""
-    n = len(optimizer.param_groups)
-    if isinstance(value, list | tuple):
-        if len(value) != n:
-            raise ValueError(
-                f"{name} must have one value per param group ({n}), got {len(value)} values"
-            )
-        return [_checks.real_scalar(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    return [_checks.real_scalar(name, value)] * n
+    """A real ``value`` for each param group (see :func:`_each_group`)."""
+    return _each_group(name, optimizer, value, "value", _checks.real_scalar)
 
 
-def _callables_per_group(name: str, optimizer: Optimizer, value: Any) -> list[Callable]:
-    """``value`` for each param group: a callable is repeated, a list holds one per group."""
-    n = len(optimizer.param_groups)
-    if isinstance(value, list | tuple):
-        if len(value) != n:
-            raise ValueError(
-                f"{name} must have one function per param group ({n}), got {len(value)}"
-            )
-        fns = list(value)
-        labels = [f"{name}[{i}]" for i in range(n)]
-    else:
-        fns, labels = [value] * n, [name] * n
-    for fn, label in zip(fns, labels, strict=True):
-        if not callable(fn):
-            raise TypeError(f"{label} must be callable, got {type(fn).__name__}")
-    return fns
+def _callable(label: str, fn: Any) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"{label} must be callable, got {type(fn).__name__}")
+    return fn
 
 
 def _callable_state(fn: Callable | None) -> dict[str, Any] | None:
@@ -158,6 +154,17 @@ def _check_momentum_optimizer(optimizer: Optimizer) -> bool:
             f"{type(optimizer).__name__} has neither"
         )
     return "betas" in optimizer.defaults
+
+
+def _start_momenta(
+    optimizer: Optimizer, use_beta1: bool, max_momenta: list[float], base_momenta: list[float]
+) -> None:
+    """Start each group's cycle at its ``max_momentum`` (momentum or beta1), keeping both
+    bounds in the group under torch's keys."""
+    for group, high, low in zip(optimizer.param_groups, max_momenta, base_momenta, strict=True):
+        _set_momentum(group, use_beta1, high)
+        group["max_momentum"] = high
+        group["base_momentum"] = low
 
 
 def _check_schedulers(schedulers: Any, optimizer: Optimizer | None) -> list[LRScheduler]:
@@ -334,7 +341,7 @@ class _LambdaScheduler(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
-        self.lr_lambdas = _callables_per_group("lr_lambda", optimizer, lr_lambda)
+        self.lr_lambdas = _each_group("lr_lambda", optimizer, lr_lambda, "function", _callable)
         super().__init__(optimizer, last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
@@ -384,17 +391,8 @@ class MultiplicativeLR(_LambdaScheduler):
 
     ``lr_t = λ(t) · lr_{t−1}`` for ``t > 0`` (the initial step leaves the lr alone);
     alone, ``lr_t = base_lr · λ(1) · … · λ(t)``. A drop-in for
-    ``torch.optim.lr_scheduler.MultiplicativeLR``; :meth:`state_dict` as
-    :class:`LambdaLR`'s.
-
-    Args:
-        optimizer: the pyopt optimizer.
-        lr_lambda: a function ``epoch -> factor``, or a list of one per param group.
-        last_epoch: see :class:`LRScheduler`.
-
-    Raises:
-        TypeError: a ``lr_lambda`` that is not callable.
-        ValueError: ``lr_lambda`` is a list whose length is not the number of groups.
+    ``torch.optim.lr_scheduler.MultiplicativeLR``; its arguments, errors and
+    :meth:`state_dict` are :class:`LambdaLR`'s.
     """
 
     def get_lr(self) -> list[float]:
@@ -877,12 +875,7 @@ class OneCycleLR(LRScheduler):
         if cycle_momentum:
             self.use_beta1 = use_beta1
             if last_epoch == -1:
-                for group, high, low in zip(
-                    optimizer.param_groups, max_momenta, base_momenta, strict=True
-                ):
-                    _set_momentum(group, use_beta1, high)
-                    group["max_momentum"] = high
-                    group["base_momentum"] = low
+                _start_momenta(optimizer, use_beta1, max_momenta, base_momenta)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -1008,12 +1001,7 @@ class CyclicLR(LRScheduler):
             self.base_momentums = base_momenta
             self.max_momentums = max_momenta
             if last_epoch == -1:
-                for group, high, low in zip(
-                    optimizer.param_groups, max_momenta, base_momenta, strict=True
-                ):
-                    _set_momentum(group, use_beta1, high)
-                    group["max_momentum"] = high
-                    group["base_momentum"] = low
+                _start_momenta(optimizer, use_beta1, max_momenta, base_momenta)
         # The initial step reads base_lrs from the groups' initial_lr, and only then are
         # they set to base_lr, as in torch (they differ when a group already had one).
         super().__init__(optimizer, last_epoch)
@@ -1163,7 +1151,30 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         self._set_lrs(self.get_lr())
 
 
-class SequentialLR(LRScheduler):
+class _SchedulersScheduler(LRScheduler):
+    """The state handling :class:`SequentialLR` and :class:`ChainedScheduler` share: the
+    schedulers they drive, in ``_schedulers``, save and load their own state."""
+
+    _schedulers: list[LRScheduler]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every attribute but the optimizer, with each scheduler's own state dict."""
+        state = {
+            key: copy.deepcopy(value)
+            for key, value in self.__dict__.items()
+            if key not in ("optimizer", "_schedulers")
+        }
+        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into this scheduler and its schedulers."""
+        self._load_attributes(state_dict, skip=("_schedulers",))
+        for child, saved in zip(self._schedulers, state_dict.get("_schedulers", ()), strict=False):
+            child.load_state_dict(saved)
+
+
+class SequentialLR(_SchedulersScheduler):
     """Run schedulers one after another, switching at the milestone epochs.
 
     Scheduler ``i`` drives epochs ``[milestones[i−1], milestones[i])``. At a milestone the
@@ -1235,34 +1246,8 @@ class SequentialLR(LRScheduler):
             scheduler.step()
         self._last_lr = scheduler.get_last_lr()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Every attribute but the optimizer, with each scheduler's own state dict."""
-        return _state_with_schedulers(self)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` into this scheduler and its schedulers."""
-        _load_with_schedulers(self, state_dict)
-
-
-def _state_with_schedulers(scheduler: SequentialLR | ChainedScheduler) -> dict[str, Any]:
-    state = {
-        key: copy.deepcopy(value)
-        for key, value in scheduler.__dict__.items()
-        if key not in ("optimizer", "_schedulers")
-    }
-    state["_schedulers"] = [s.state_dict() for s in scheduler._schedulers]
-    return state
-
-
-def _load_with_schedulers(
-    scheduler: SequentialLR | ChainedScheduler, state_dict: Mapping[str, Any]
-) -> None:
-    scheduler._load_attributes(state_dict, skip=("_schedulers",))
-    for child, saved in zip(scheduler._schedulers, state_dict.get("_schedulers", ()), strict=False):
-        child.load_state_dict(saved)
-
-
-class ChainedScheduler(LRScheduler):
+class ChainedScheduler(_SchedulersScheduler):
     """Step several schedulers at once, so their (chainable) factors compose.
 
     Each :meth:`step` steps every scheduler in order; :meth:`get_last_lr` is then the
@@ -1308,14 +1293,6 @@ class ChainedScheduler(LRScheduler):
         for scheduler in self._schedulers:
             scheduler.step()
         self._last_lr = self._current_lrs()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Every attribute but the optimizer, with each scheduler's own state dict."""
-        return _state_with_schedulers(self)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` into this scheduler and its schedulers."""
-        _load_with_schedulers(self, state_dict)
 
 
 class ReduceLROnPlateau(LRScheduler):

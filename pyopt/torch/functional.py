@@ -105,10 +105,10 @@ class _BatchNormFunction(torch.autograd.Function):
         )
         y, mean, invstd = _functional.batch_norm(
             as_array(x3),
-            _array(weight),
-            _array(bias),
-            _array(running_mean),
-            _array(running_var),
+            weight=_array(weight),
+            bias=_array(bias),
+            running_mean=_array(running_mean),
+            running_var=_array(running_var),
             training=training,
             momentum=momentum,
             eps=eps,
@@ -131,9 +131,9 @@ class _BatchNormFunction(torch.autograd.Function):
         dx, dweight, dbias = _functional.batch_norm_backward(
             as_array(dy3),
             as_array(x3),
-            _array(weight),
-            as_array(mean),
-            as_array(invstd),
+            weight=_array(weight),
+            mean=as_array(mean),
+            invstd=as_array(invstd),
             training=ctx.training,
             axis=1,
         )

@@ -763,19 +763,7 @@ class AdamW(Adam):
         flatten: bool = True,
     ):
         super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-            flatten=flatten,
+            params, **_defaults(locals()), decoupled_weight_decay=True, flatten=flatten
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
