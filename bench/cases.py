@@ -696,14 +696,19 @@ def _optim_pyopt(
     return _rotating(make, rotate, check)
 
 
-def _separate(xp: Any, flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
-    """A copy of each model param's part of the host array ``flat``, as its own array."""
-    out, start = [], 0
+def _model_parts(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> list[np.ndarray]:
+    """Each model param's part of the flat host array ``flat``, as a view of its shape."""
+    parts, start = [], 0
     for shape in shapes.values():
         size = math.prod(shape)
-        out.append(xp.array(flat[start : start + size].reshape(shape)))
+        parts.append(flat[start : start + size].reshape(shape))
         start += size
-    return out
+    return parts
+
+
+def _separate(xp: Any, flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
+    """A copy of each model param's part of the host array ``flat``, as its own array."""
+    return [xp.array(part) for part in _model_parts(flat, shapes)]
 
 
 def _optim_array(rotate: int, *, backend: str, dtype: np.dtype, setting: OptimSetting) -> Callable:
@@ -756,16 +761,17 @@ def _torch_params(
 ) -> list[Any]:
     """One ``Parameter`` per shape, separate tensors as in a torch model, holding its part
     of the flat host ``values`` (uninitialized for None), with ``.grad`` from ``grads``."""
-    params, start = [], 0
-    for shape in shapes.values():
-        part = slice(start, start + math.prod(shape))
-        start = part.stop
-        if values is None:
+    params = []
+    value_parts = [None] * len(shapes) if values is None else _model_parts(values, shapes)
+    for shape, value, grad in zip(
+        shapes.values(), value_parts, _model_parts(grads, shapes), strict=True
+    ):
+        if value is None:
             data = _torch_empty(torch, shape, grads.dtype, backend)
         else:
-            data = _tensor(torch, values[part].reshape(shape), backend)
+            data = _tensor(torch, value, backend)
         param = torch.nn.Parameter(data)
-        param.grad = _tensor(torch, grads[part].reshape(shape), backend)
+        param.grad = _tensor(torch, grad, backend)
         params.append(param)
     return params
 

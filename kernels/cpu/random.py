@@ -112,40 +112,53 @@ def _dropout_kernel(
         _dropout_block(xs, ys, 0, full, n - 4 * full, threshold, scale, seed, offset)
 
 
-@njit(**_KERNEL_OPTIONS)
-def _fill_kernel(
-    out,  # (n,) out
-    a,  # out.dtype: low (uniform) or mean (normal)
-    b,  # out.dtype: high (uniform) or std (normal)
-    seed,  # uint64
-    offset,  # uint64
-    unit,  # blocks of 4 elements per unit of work
-    normal,  # bool: normal, else uniform
-):
-    """Uniform fill ``out = a + (b − a)·u``, ``u ∈ [0, 1)`` (``philox.uniform``), or normal
-    fill ``out = a + b·z``, z from Box-Muller on word pairs (``philox.normal_pair``).
-
-    ``normal`` is branched on once per unit, outside the loop over its blocks, so each
-    distribution's loop is the one it would be in a kernel of its own. Memory: writes
-    out once (4 B/elem in float32); the normal fill is compute-bound on the CPU (a scalar
-    libm log per pair keeps its loop from vectorizing).
-    """
+@njit(inline="always", cache=True)
+def _fill_all(out, a, b, seed, offset, unit, fill_block):
+    """Every element of out by ``fill_block`` (:func:`_uniform_block` or
+    :func:`_normal_block`, a compile-time constant: each kernel compiles only its map)."""
     n = out.size
     full = n // 4
     for u in prange((full + unit - 1) // unit):
         lo, hi = _unit_blocks(full, unit, u)
         outs = out[4 * lo : 4 * hi]
-        if normal:
-            for j in range(hi - lo):
-                _normal_block(outs, j, lo + j, 4, a, b, seed, offset)
-        else:
-            for j in range(hi - lo):
-                _uniform_block(outs, j, lo + j, 4, a, b, seed, offset)
+        for j in range(hi - lo):
+            fill_block(outs, j, lo + j, 4, a, b, seed, offset)
     if n > 4 * full:
-        if normal:
-            _normal_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
-        else:
-            _uniform_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
+        fill_block(out[4 * full :], 0, full, n - 4 * full, a, b, seed, offset)
+
+
+@njit(**_KERNEL_OPTIONS)
+def _uniform_kernel(
+    out,  # (n,) out
+    low,  # out.dtype
+    high,  # out.dtype
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+):
+    """Uniform fill ``out = low + (high − low)·u``, ``u ∈ [0, 1)`` (``philox.uniform``).
+
+    Memory: writes out once (4 B/elem in float32).
+    """
+    _fill_all(out, low, high, seed, offset, unit, _uniform_block)
+
+
+@njit(**_KERNEL_OPTIONS)
+def _normal_kernel(
+    out,  # (n,) out
+    mean,  # out.dtype
+    std,  # out.dtype
+    seed,  # uint64
+    offset,  # uint64
+    unit,  # blocks of 4 elements per unit of work
+):
+    """Normal fill ``out = mean + std·z``, z from Box-Muller on word pairs
+    (``philox.normal_pair``).
+
+    Memory: writes out once (4 B/elem in float32); compute-bound on the CPU (a scalar
+    libm log per pair keeps the loop from vectorizing).
+    """
+    _fill_all(out, mean, std, seed, offset, unit, _normal_block)
 
 
 def _unit():
@@ -192,7 +205,7 @@ def fill(out, distribution, a, b, seed, offset, stream=None):
         seed, offset: ints in [0, 2⁶⁴).
         stream: ignored (the CPU has none); accepted as on CUDA.
     """
+    kernel = {"uniform": _uniform_kernel, "normal": _normal_kernel}[distribution]
     if out.size > 0:
         f = out.dtype.type
-        normal = {"uniform": False, "normal": True}[distribution]
-        _fill_kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit(), normal)
+        kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit())
