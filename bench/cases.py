@@ -685,7 +685,7 @@ def _optim_pyopt(
 
     def check(written):
         data = xp.concatenate([p.reshape(-1) for p in written]) if separate else written
-        expected, state = p_host, {}
+        expected, state = p_host.astype(np.float64), {}  # the reference steps it in place
         for t in steps:
             state["step"] = t - 1  # the step count before step t (the replay repeats step 2)
             expected = reference.OPTIMIZERS[cls](expected, g_host, state, grad_mult=mult, **hp)
