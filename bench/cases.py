@@ -88,11 +88,12 @@ PROVIDERS = {
         "arithmetic to speak of, the memory floor of the step"
     ),
 }
-FAMILIES = ("batchnorm", "optim", "torch", "dropout", "clip", "init")
+FAMILIES = ("batchnorm", "optim", "mixed", "torch", "dropout", "clip", "init")
 # The kernel families (pyopt.kernels.<backend>.<name>) each benchmark family calls.
 KERNELS = {
     "batchnorm": ("batchnorm",),
     "optim": ("optim",),
+    "mixed": ("optim",),
     "torch": ("optim",),
     "dropout": ("random",),
     "clip": ("clip",),
@@ -197,6 +198,7 @@ def cases(
     builders = {
         "batchnorm": _batchnorm_cases,
         "optim": _optim_cases,
+        "mixed": _mixed_cases,
         "torch": _torch_optim_cases,
         "dropout": _dropout_cases,
         "clip": _clip_cases,
@@ -624,6 +626,127 @@ def _optim_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
                           setups, setting=setting)
                 )  # fmt: skip
     return out
+
+
+# --- mixed precision: 16-bit params, float32 masters, bfloat16 state ---
+
+# name -> (param dtype, pyopt.optim options): the modes the mixed family times. "bf16"
+# keeps its state in bfloat16 like torch's fused=True on bfloat16 params (the torch
+# column), "master" adds float32 master weights (Apex's and Transformer Engine's layout).
+MIXED_MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "bf16 master": ("bfloat16", {"master_weights": True}),
+    "bf16 master bf16-state": ("bfloat16", {"master_weights": True, "state_dtype": "bfloat16"}),
+    "bf16": ("bfloat16", {"state_dtype": "bfloat16"}),
+    "bf16 stochastic": ("bfloat16", {"state_dtype": "bfloat16", "stochastic_rounding": True}),
+    "f16 master": ("float16", {"master_weights": True}),
+}
+MIXED_RULES = ("Adam", "AdamW", "SGD-momentum")
+MIXED_QUICK = {"Adam": ("bf16 master", "bf16")}
+
+
+def _mixed_bytes(rule: str, mode: str) -> int:
+    """Bytes a step of ``rule`` in ``mode`` moves per param at the least (the kernel
+    variant's ``Storage.bytes_per_element``)."""
+    import pyopt.optim
+    from pyopt.kernels import specs
+
+    cls, hp, _, _ = RULES[rule]
+    dtype, options = MIXED_MODES[mode]
+    opt = getattr(pyopt.optim, cls)([np.zeros(1, np.float32)], **hp)
+    part = opt._part(opt.param_groups[0], [], [], {}, np.zeros(0, np.int64), None)
+    flags = dict(zip(part.spec.flags, part.row(2)[1], strict=True))
+    storage = specs.Storage(
+        dtype,
+        options.get("state_dtype"),
+        options.get("master_weights", False),
+        options.get("stochastic_rounding", False),
+    )
+    return storage.bytes_per_element(part.spec, 4, **flags)
+
+
+def _mixed_cases(backend: str, quick: bool, dtype: np.dtype) -> list[Case]:
+    """Optimizer steps over the flat 16M params in 16 bits: pyopt in each of
+    ``MIXED_MODES`` against torch's fused step on the same 16-bit params (its state in
+    their dtype). The run's ``dtype`` does not apply: the mode names the dtypes."""
+    del dtype
+    out = []
+    for rule in MIXED_QUICK if quick else MIXED_RULES:
+        for mode in MIXED_QUICK[rule] if quick else MIXED_MODES:
+            param_dtype = np.dtype(MIXED_MODES[mode][0])
+            setting = MixedSetting(rule, mode)
+            providers = _bound(
+                {"pyopt": _mixed_pyopt, "torch": _mixed_torch},
+                backend=backend,
+                dtype=param_dtype,
+                setting=setting,
+            )
+            min_bytes = _mixed_bytes(rule, mode) * FLAT
+            out.append(
+                Case("mixed", step_op(rule), f"flat-16M {mode}", param_dtype.name, backend,
+                     min_bytes, providers, ("torch",))
+            )  # fmt: skip
+    return out
+
+
+class MixedSetting(NamedTuple):
+    rule: str  # a key of RULES
+    mode: str  # a key of MIXED_MODES
+
+
+def _mixed_inputs(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Flat 16-bit params and grads of FLAT elements (those of the float32 cases,
+    rounded)."""
+    p, g = _optim_inputs({"flat": (FLAT,)}, np.dtype(np.float32))
+    return p.astype(dtype), g.astype(dtype)
+
+
+def _mixed_pyopt(rotate: int, *, backend: str, dtype: np.dtype, setting: MixedSetting) -> Callable:
+    import pyopt.optim
+
+    xp = _array_module(backend)
+    rule, mode = setting
+    cls, hp, _, _ = RULES[rule]
+    options = MIXED_MODES[mode][1]
+    p_host, g_host = _mixed_inputs(dtype)
+
+    def make():
+        params, grads = [xp.array(p_host)], [xp.array(g_host)]
+        opt = getattr(pyopt.optim, cls)(params, **hp, **options)
+
+        def step():
+            opt.step(grads)
+            return params[0], opt
+
+        return step
+
+    def check(result):
+        params, opt = result
+        expected = reference.OPTIMIZERS[cls](
+            p_host.astype(np.float64), g_host.astype(np.float64), {"step": 0}, **hp
+        )
+        # One step: the params are the float32 step rounded once (2^-8 for bfloat16).
+        _check(f"{rule} {mode} step", params.astype(np.float64), expected, 2.0**-7)
+        if options.get("master_weights"):
+            master = opt.state_dict()["state"][0]["master_param"]
+            _check(f"{rule} {mode} master", master, expected, 1e-5)
+
+    return _rotating(make, rotate, check)
+
+
+def _mixed_torch(rotate: int, *, backend: str, dtype: np.dtype, setting: MixedSetting) -> Callable:
+    torch = _torch(backend)
+    p_host, g_host = _mixed_inputs(dtype)
+    bits = {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype.name]
+
+    def tensor(host):
+        return torch.from_numpy(host.view(np.uint16)).view(bits).to(_torch_device(backend))
+
+    def make():
+        param = torch.nn.Parameter(tensor(p_host))
+        param.grad = tensor(g_host)
+        return _torch_optimizer(torch, setting.rule, [param]).step
+
+    return _rotating(make, rotate)
 
 
 class OptimSetting(NamedTuple):

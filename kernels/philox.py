@@ -89,6 +89,18 @@ def stream_block(block, seed, offset):
     return philox4x32_10(c0, c1, c2, c3, k0, k1)
 
 
+def stream_word(index, seed, offset):
+    """The word of element ``index`` of the stream ``(seed, offset)``: lane ``index % 4``
+    of block ``index // 4`` (a select, not a tuple index: no local memory on CUDA)."""
+    w0, w1, w2, w3 = stream_block(np.uint64(index) >> np.uint64(2), seed, offset)
+    lane = np.uint64(index) & np.uint64(3)
+    if lane == np.uint64(0):
+        return w0
+    if lane == np.uint64(1):
+        return w1
+    return w2 if lane == np.uint64(2) else w3
+
+
 def dropout(x, word, threshold, scale, dtype):
     """``x·scale`` where ``word ≥ threshold`` (an int64 in [0, 2³²]), else an exact 0.
 
@@ -195,6 +207,7 @@ _FUNCTIONS = (
     philox_round,
     philox4x32_10,
     stream_block,
+    stream_word,
     dropout,
     resolution,
     uniform01,

@@ -340,3 +340,121 @@ def norm_combine(acc, term, mode):
     if mode == NORM_MIN:
         return term if term < acc or term != term else acc
     return acc + term
+
+
+# --- 16-bit floats (every kernel that loads or stores float16/bfloat16) -------------
+#
+# Kernels hold float16 and bfloat16 data as their uint16 bit patterns and convert with
+# these integer rules, so both backends (and the float64 reference) round identically
+# and the PTX gate sees 16-bit loads and stores around float32 arithmetic. The bit casts
+# ``float32_bits``/``float32_from_bits`` below are NumPy's scalar views; the kernels bind
+# them to LLVM bitcasts (``_codegen.bitcast_intrinsics``). Integers are uint32 constants
+# (Numba widens them to uint64, never to a signed or float type).
+
+_U16 = np.uint32(16)
+_SIGN32 = np.uint32(0x80000000)
+_ABS32 = np.uint32(0x7FFFFFFF)
+_INF32 = np.uint32(0x7F800000)
+
+
+def float32_bits(x):
+    """The IEEE bits of float32 ``x`` as a uint32."""
+    return np.float32(x).view(np.uint32)
+
+
+def float32_from_bits(u):
+    """The float32 whose IEEE bits are ``u`` (a uint32)."""
+    return np.uint32(u).view(np.float32)
+
+
+def bfloat16_to_float32(h):
+    """bfloat16 bits ``h`` (uint16) as a float32: the top half of its bits (exact)."""
+    return float32_from_bits(np.uint32(np.uint32(h) << _U16))
+
+
+def float32_to_bfloat16(x):
+    """float32 ``x`` rounded to the nearest bfloat16, ties to even; its uint16 bits.
+
+    ``(u + 0x7FFF + lsb) >> 16`` of the bits ``u`` (``lsb`` the last kept bit): overflow
+    rounds to ±inf like IEEE. A NaN stays a NaN (its sign and top payload bits, quieted).
+    """
+    u = float32_bits(x)
+    if (u & _ABS32) > _INF32:
+        return np.uint16((u >> _U16) | np.uint32(0x0040))
+    lsb = (u >> _U16) & np.uint32(1)
+    return np.uint16((u + np.uint32(0x7FFF) + lsb) >> _U16)
+
+
+def float32_to_bfloat16_stochastic(x, word):
+    """float32 ``x`` rounded to one of its two neighbouring bfloat16 values, up with
+    probability (distance from the lower one) / (their spacing): the low 16 bits of the
+    random uint32 ``word`` added to the 16 bits dropped, then truncated (torchao's and
+    Gupta et al.'s stochastic rounding). Exact values stay exact; ±inf stays ±inf; the
+    largest finite values round up to inf with that probability; a NaN stays a NaN."""
+    u = float32_bits(x)
+    if (u & _ABS32) > _INF32:
+        return np.uint16((u >> _U16) | np.uint32(0x0040))
+    return np.uint16((u + (np.uint32(word) & np.uint32(0xFFFF))) >> _U16)
+
+
+def float16_to_float32(h):
+    """float16 bits ``h`` (uint16) as a float32 (exact): the exponent rebiased; a
+    subnormal is ``m·2⁻²⁴`` (exact in float32, a normal number there); inf and NaN keep
+    their payload. Every candidate is computed and one selected (no branches: the CPU
+    loops vectorize)."""
+    h = np.uint32(h)
+    sign = (h & np.uint32(0x8000)) << _U16
+    magnitude = h & np.uint32(0x7FFF)
+    normal = (magnitude << np.uint32(13)) + np.uint32(0x38000000)  # exponent + (127 − 15)
+    special = (magnitude << np.uint32(13)) | _INF32
+    subnormal = float32_bits(np.float32(magnitude) * np.float32(2.0**-24))
+    bits = subnormal if magnitude < np.uint32(0x0400) else normal
+    bits = special if magnitude >= np.uint32(0x7C00) else bits
+    return float32_from_bits(np.uint32(bits | sign))
+
+
+def float32_to_float16(x):
+    """float32 ``x`` rounded to the nearest float16, ties to even; its uint16 bits.
+
+    Magnitudes from 65520 round to inf; normal results drop 13 bits with
+    ``(a − rebias + 0xFFF + lsb) >> 13``. Subnormal results (below 2⁻¹⁴) come from one
+    float32 addition, ``a + 0.5``: its exponent is that of 0.5, so IEEE addition rounds
+    ``a`` to a multiple of 2⁻²⁴ (the float16 subnormal step), ties to even, on every
+    backend alike (an input below float32's normal range rounds to 0 either way, flushed
+    or not). A NaN stays a NaN (sign and top payload bits, quieted). Every candidate is
+    computed and one selected: no branches, so the CPU loops vectorize.
+    """
+    u = float32_bits(x)
+    sign = (u >> _U16) & np.uint32(0x8000)
+    a = u & _ABS32
+    lsb = (a >> np.uint32(13)) & np.uint32(1)
+    normal = (a - np.uint32(0x38000000) + np.uint32(0xFFF) + lsb) >> np.uint32(13)
+    half = np.float32(0.5)
+    subnormal = float32_bits(float32_from_bits(a) + half) - np.uint32(0x3F000000)
+    nan = np.uint32(0x7E00) | ((a >> np.uint32(13)) & np.uint32(0x3FF))
+    bits = subnormal if a < np.uint32(0x38800000) else normal
+    bits = np.uint32(0x7C00) if a >= np.uint32(0x477FF000) else bits
+    bits = nan if a > _INF32 else bits
+    return np.uint16(sign | bits)
+
+
+# The 16-bit formats, by the name the kernels and the public layer use: (to float32,
+# from float32 rounding to nearest even).
+SIXTEEN_BIT = {
+    "float16": (float16_to_float32, float32_to_float16),
+    "bfloat16": (bfloat16_to_float32, float32_to_bfloat16),
+}
+
+
+def compiled_conversions(jit, float32_bits, float32_from_bits):
+    """The 16-bit conversions compiled by ``jit`` with the backend's bit casts: a dict
+    name → compiled function, for every conversion of this section."""
+    casts = {"float32_bits": float32_bits, "float32_from_bits": float32_from_bits}
+    names = (
+        "bfloat16_to_float32",
+        "float32_to_bfloat16",
+        "float32_to_bfloat16_stochastic",
+        "float16_to_float32",
+        "float32_to_float16",
+    )
+    return {name: compiled(jit, globals()[name], **casts) for name in names}

@@ -15,6 +15,12 @@ groups and step counts share one call: each segment names the row of ``scalars``
 (``(rows, len(spec.scalars))`` in the param dtype) and ``flags`` (``(rows,
 len(spec.flags))`` uint8) it is updated with. A state a segment's flags leave unused has
 address 0 and is never touched.
+
+A :class:`Storage` says how a kernel variant holds its tensors: float32/float64 throughout
+(the default, one kernel typed by the scalars), or float16/bfloat16 params and grads
+(uint16 bits, computed in float32) with an optional float32 master copy, bfloat16 state,
+and stochastic rounding of the params. Each rule's math is the same in every variant; the
+loads convert to float32 and the stores round, with the conversions of ``rules.py``.
 """
 
 from __future__ import annotations
@@ -80,13 +86,9 @@ class RuleSpec:
         return bool(eval(getattr(state, access), {}, dict(flags)))
 
     def bytes_per_element(self, itemsize: int, **flags: bool) -> int:
-        """Minimum memory traffic of one element's update under ``flags``: the param read
-        and written, the grad read, each state read and written as the flags say."""
-        values = {f: bool(flags.get(f, False)) for f in self.flags}
-        moved = 3 + sum(
-            self.uses(s, "read", values) + self.uses(s, "write", values) for s in self.states
-        )
-        return moved * itemsize
+        """Minimum memory traffic of one element's float32/float64 update under ``flags``
+        (:meth:`Storage.bytes_per_element` of the default storage)."""
+        return DEFAULT.bytes_per_element(self, itemsize, **flags)
 
 
 ADAM = RuleSpec(
@@ -135,6 +137,123 @@ ADADELTA = RuleSpec(
 )
 
 SPECS: dict[str, RuleSpec] = {s.name: s for s in (ADAM, SGD, ADAGRAD, RMSPROP, ADADELTA)}
+
+SIXTEEN_BIT = ("float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How one kernel variant stores a segment's tensors.
+
+    Attributes:
+        param: "float16" or "bfloat16": params and grads are 16-bit (uint16 bits), the
+            scalars float32; None: params, grads and scalars share one float type (float32
+            or float64), which types the kernel.
+        state: "bfloat16": every state tensor is bfloat16 (uint16 bits) with float32 (or
+            16-bit) params; None: the state is in the compute type (float32 for 16-bit
+            params).
+        master: a float32 master copy of each param, the table's column after the states:
+            the rule updates it, and the param is written as its rounding.
+        stochastic: bfloat16 params without a master are rounded stochastically; the
+            table's last three columns are each segment's Philox seed and offset and the
+            index its first element has in that stream.
+    """
+
+    param: str | None = None
+    state: str | None = None
+    master: bool = False
+    stochastic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.param not in (None, *SIXTEEN_BIT) or self.state not in (None, "bfloat16"):
+            raise ValueError(f"no kernel variant stores {self}")
+        if self.master and self.param is None:
+            raise ValueError("a master copy is for 16-bit params")
+        if self.stochastic and (self.param != "bfloat16" or self.master):
+            raise ValueError("stochastic rounding is for bfloat16 params without a master")
+
+    @property
+    def suffix(self) -> str:
+        """The variant's part of its kernel name: "" for the default."""
+        parts = [self.param or "", f"state_{self.state}" if self.state else ""]
+        parts += ["master" if self.master else "", "stochastic" if self.stochastic else ""]
+        return "".join(f"_{p}" for p in parts if p)
+
+    def columns(self, spec: RuleSpec) -> tuple[str, ...]:
+        """The tensors of a segment, in table order: ``spec.columns``, then the master."""
+        return (*spec.columns, *(("master",) if self.master else ()))
+
+    def formats(self, spec: RuleSpec) -> tuple[str | None, ...]:
+        """The stored format of each of :meth:`columns`: "float16", "bfloat16", "float32",
+        or None for the scalars' own type."""
+        states = (self.state or ("float32" if self.param else None),) * len(spec.states)
+        return (self.param, self.param, *states, *(("float32",) if self.master else ()))
+
+    def extra(self) -> tuple[str, ...]:
+        """The int64 columns after the addresses: the stochastic rounding's stream."""
+        return ("seed", "offset", "start") if self.stochastic else ()
+
+    def bytes_per_element(self, spec: RuleSpec, itemsize: int, **flags: bool) -> int:
+        """Minimum memory traffic of one element's update under ``flags``: the param read
+        (unless a master is) and written, the grad read, each state and the master read
+        and written (``itemsize`` is that of float32/float64 in the default storage)."""
+        sizes = {"float16": 2, "bfloat16": 2, "float32": 4, None: itemsize}
+        formats = dict(zip(self.columns(spec), self.formats(spec), strict=True))
+        values = {f: bool(flags.get(f, False)) for f in spec.flags}
+        moved = sizes[formats["grad"]] + sizes[formats["param"]] * (1 if self.master else 2)
+        for state in spec.states:
+            uses = spec.uses(state, "read", values) + spec.uses(state, "write", values)
+            moved += uses * sizes[formats[state.name]]
+        return moved + 2 * sizes["float32"] * self.master
+
+
+DEFAULT = Storage()
+
+# Every variant the public layer launches: float32/float64 (DEFAULT); float32 params with
+# bfloat16 state; 16-bit params with or without a master, float32 or bfloat16 state;
+# bfloat16 params rounded stochastically.
+STORAGES: tuple[Storage, ...] = (
+    DEFAULT,
+    Storage(state="bfloat16"),
+    *(
+        Storage(param, state, master)
+        for param in SIXTEEN_BIT
+        for state in (None, "bfloat16")
+        for master in (True, False)
+    ),
+    Storage("bfloat16", None, stochastic=True),
+    Storage("bfloat16", "bfloat16", stochastic=True),
+)
+
+
+def kernel_name(spec: RuleSpec, storage: Storage = DEFAULT) -> str:
+    """The name of ``spec``'s kernel for ``storage`` in ``kernels/{cpu,cuda}/optim.py``."""
+    return f"_{spec.name}{storage.suffix}_kernel"
+
+
+def variant_of(name: str) -> tuple[RuleSpec, Storage] | None:
+    """The ``(spec, storage)`` whose :func:`kernel_name` is ``name``, or None."""
+    for spec in SPECS.values():
+        prefix = f"_{spec.name}"
+        if not (name.startswith(prefix) and name.endswith("_kernel")):
+            continue
+        words = name[len(prefix) : -len("_kernel")].split("_")[1:]
+        param = words.pop(0) if words and words[0] in SIXTEEN_BIT else None
+        state = None
+        if words[:2] == ["state", "bfloat16"]:
+            state, words = "bfloat16", words[2:]
+        master = bool(words) and words[0] == "master"
+        words = words[master:]
+        stochastic = words == ["stochastic"]
+        if words and not stochastic:
+            continue
+        try:
+            storage = Storage(param, state, master, stochastic)
+        except ValueError:
+            continue
+        if kernel_name(spec, storage) == name:
+            return spec, storage
+    return None
 
 
 def compiled_rules(jit) -> dict[str, object]:

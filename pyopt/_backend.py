@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -84,7 +85,10 @@ def _is_numba_device_array(obj: Any) -> bool:
 
 
 def is_cuda_array(obj: Any) -> bool:
-    """True for objects the CUDA backend accepts (any ``__cuda_array_interface__``)."""
+    """True for objects the CUDA backend accepts (any ``__cuda_array_interface__``, and
+    torch CUDA tensors: a bfloat16 one has no interface of its own)."""
+    if is_torch(obj):
+        return bool(getattr(obj, "is_cuda", False))
     return hasattr(obj, "__cuda_array_interface__") or _is_numba_device_array(obj)
 
 
@@ -153,11 +157,45 @@ def backend_of(arrays: Iterable[tuple[str, Any]], optional: Iterable[str] = ()) 
 
 _TORCH_TO_NUMPY = {
     "torch.float16": np.float16,
+    "torch.bfloat16": ml_dtypes.bfloat16,
     "torch.float32": np.float32,
     "torch.float64": np.float64,
     "torch.int32": np.int32,
     "torch.int64": np.int64,
 }
+
+
+# The 16-bit float formats. Kernels hold their data as uint16 bit patterns (see the
+# conversions in ``kernels/rules.py``) and compute in float32: every kernel-facing array
+# a Call hands out (``contiguous``, ``inplace``, ``view``, ``empty``'s second array) is a
+# uint16 view of a float16/bfloat16 array.
+SIXTEEN_BIT = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+BITS = np.dtype(np.uint16)
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype kernels compute ``dtype`` data in: float32 for the 16-bit formats."""
+    return np.dtype(np.float32) if dtype in SIXTEEN_BIT else np.dtype(dtype)
+
+
+def format_of(dtype: np.dtype) -> str:
+    """The name the kernels know ``dtype`` by: "float16", "bfloat16", "float32"..."""
+    return np.dtype(dtype).name
+
+
+def _bits(arr: Any) -> Any:
+    """``arr`` (a NumPy or Numba array) as its uint16 bits when it is 16-bit."""
+    return arr.view(BITS) if arr.dtype in SIXTEEN_BIT else arr
+
+
+def cuda_interface_owner(arr: Any) -> Any:
+    """An object with ``arr``'s ``__cuda_array_interface__``: ``arr``, or for a torch
+    bfloat16 tensor (which has none) its uint16 view."""
+    if is_torch(arr) and str(arr.dtype) == "torch.bfloat16":
+        import torch
+
+        return arr.view(torch.uint16)
+    return arr
 
 
 def dtype_of(arr: Any) -> np.dtype:
@@ -191,12 +229,12 @@ class CpuCall:
         compile (or fail to type) a read-only specialization of every kernel.
         """
         if arr.flags.c_contiguous and arr.flags.writeable:
-            return arr
-        return np.array(arr, order="C")
+            return _bits(arr)
+        return _bits(np.array(arr, order="C"))
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty(shape, dtype=dtype)
-        return out, out
+        return out, _bits(out)
 
     def full(self, shape: tuple[int, ...], value: float, dtype: np.dtype) -> np.ndarray:
         return np.full(shape, value, dtype=dtype)
@@ -216,9 +254,9 @@ class CpuCall:
     def inplace(self, arr: np.ndarray) -> tuple[np.ndarray, Any]:
         """A contiguous array to update and a write-back (None when it is ``arr`` itself)."""
         if arr.flags.c_contiguous:
-            return arr, None
+            return _bits(arr), None
         work = np.ascontiguousarray(arr)
-        return work, functools.partial(np.copyto, arr, work)
+        return _bits(work), functools.partial(np.copyto, arr, work)
 
 
 def _may_self_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
@@ -274,10 +312,12 @@ class CudaCall:
         return host
 
     def view(self, arr: Any) -> Any:
-        """A Numba device array over ``arr``'s memory (no copy, no stream sync)."""
+        """A Numba device array over ``arr``'s memory (no copy, no stream sync); uint16
+        bits for a 16-bit array (a torch bfloat16 tensor, which has no
+        ``__cuda_array_interface__``, through its uint16 view)."""
         if _is_numba_device_array(arr):
-            return arr
-        return self._cuda.as_cuda_array(arr, sync=False)
+            return _bits(arr)
+        return _bits(self._cuda.as_cuda_array(cuda_interface_owner(arr), sync=False))
 
     def contiguous(self, arr: Any) -> Any:
         """A C-contiguous Numba view of ``arr``, gathering a copy only when needed."""
@@ -294,11 +334,11 @@ class CudaCall:
         elif self.library == "torch":
             import torch
 
-            tdtype = getattr(torch, np.dtype(dtype).name)
+            tdtype = getattr(torch, np.dtype(dtype).name)  # bfloat16 is torch.bfloat16
             out = torch.empty(shape, dtype=tdtype, device=self._like.device)
         else:
             out = self._cuda.device_array(shape, dtype=dtype, stream=self.stream)
-            return out, out
+            return out, _bits(out)
         return out, self.view(out)
 
     def full(self, shape: tuple[int, ...], value: float, dtype: np.dtype) -> Any:
@@ -349,7 +389,12 @@ def to_numpy(arr: Any) -> np.ndarray:
     if isinstance(arr, np.ndarray):
         return arr.copy()
     if is_torch(arr):
-        return arr.detach().cpu().numpy().copy()
+        host = arr.detach().cpu()
+        if str(host.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: through its bits
+            import torch
+
+            return host.view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy()
+        return host.numpy().copy()
     if hasattr(arr, "get") and type(arr).__module__.split(".")[0] == "cupy":
         return arr.get()
     if _is_numba_device_array(arr):
@@ -370,7 +415,11 @@ def copy_into(dst: Any, src: np.ndarray) -> None:
     elif module == "torch":
         import torch
 
-        dst.copy_(torch.from_numpy(np.ascontiguousarray(src)))
+        src = np.ascontiguousarray(src)
+        if src.dtype == ml_dtypes.bfloat16:  # NumPy has no bfloat16: through its bits
+            dst.copy_(torch.from_numpy(src.view(BITS)).view(torch.bfloat16))
+        else:
+            dst.copy_(torch.from_numpy(src))
     elif _is_numba_device_array(dst):
         dst.copy_to_device(np.ascontiguousarray(src))
     else:
@@ -421,3 +470,9 @@ def array_module(name: str, arr: Any) -> Any:
 
 def _cudasim() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def kernel_format(dtype: np.dtype) -> str | None:
+    """The ``fmt`` a kernel launcher takes for data of ``dtype``: "float16"/"bfloat16"
+    for the 16-bit formats (whose kernel-facing arrays are uint16 bits), else None."""
+    return format_of(dtype) if np.dtype(dtype) in SIXTEEN_BIT else None

@@ -5,7 +5,8 @@ pyopt check [--device auto|cpu|cuda] [--json FILE] [--quick] [--family NAME ...]
 What a user runs after installing on a new machine, and what the GPU session
 (``bench/gpu.sh``) runs first. Each check calls one public operation (batch norm forward
 and backward in both layouts, train and eval, affine and not; every optimizer rule with
-its flags over several steps; gradient clipping; dropout; the init fills) on the chosen
+its flags over several steps, also with float32 master weights over float16/bfloat16
+params (the ``mixed`` family); gradient clipping; dropout; the init fills) on the chosen
 device, on random inputs of small, awkward (1, primes, 1023, 1025) and large shapes, and
 compares the result with :mod:`pyopt._reference` (float64 NumPy). One row per check:
 family, case, max error, limit, pass/fail; the exit status is 0 only when every row
@@ -24,6 +25,8 @@ the table and an entry of the JSON's ``skipped`` list, not a failure.
 
 The "max error" of a row is, by family:
 
+* ``mixed``: the ``optim`` measure of the float32 masters, ``inf`` unless every 16-bit
+  param is exactly its master rounded to nearest even.
 * ``batchnorm``, ``optim``, ``clip``: ``max |actual − expected| / max(1, max |expected|)``
   over each output (every returned array, the running statistics, every optimizer state
   tensor), the largest over the outputs; a shape or finiteness mismatch is ``inf``. The
@@ -80,7 +83,7 @@ from pyopt import functional as F
 from pyopt._backend import copy_into, device_full, resolve_device, to_numpy
 
 # The kernel families, named as pyopt bench names them, then pyopt.torch's glue over them.
-FAMILIES = ("batchnorm", "optim", "clip", "dropout", "init", "torch")
+FAMILIES = ("batchnorm", "optim", "mixed", "clip", "dropout", "init", "torch")
 
 # Error limits per dtype (the measure: the module docstring). The unit roundoff u is
 # 6.0e-8 in float32 and 1.1e-16 in float64. A correct kernel rounds each elementwise
@@ -532,6 +535,59 @@ def _optimizer_checks(device: str, sizes: Sizes) -> Iterator[Check]:
     return _optimizer_rows(device, sizes, "optim", "", _functional_steps)
 
 
+# --- mixed precision ------------------------------------------------------------------
+
+# The 16-bit formats checked per device: NumPy and CuPy/Numba arrays have float16; only
+# ml_dtypes' NumPy arrays (and torch tensors) have bfloat16.
+MIXED_FORMATS = {"cpu": ("bfloat16", "float16"), "cuda": ("float16",)}
+
+
+def _mixed(device, case, config, shapes, steps, fmt) -> float:
+    """``steps`` steps of ``config`` with ``master_weights=True`` on 16-bit params: the
+    float32 masters against the float64 reference fed the same (16-bit) params and
+    grads, and ``inf`` unless every param is exactly its master rounded to nearest even."""
+    import ml_dtypes  # noqa: F401  (registers the name "bfloat16")
+
+    rng = _rng(case)
+    dtype = np.dtype(fmt)
+    rule, hp, grad_scale = config
+    params = [rng.uniform(-2.0, 2.0, s).astype(dtype) for s in shapes]
+    grads = [
+        [(_signed(rng, s) * (grad_scale or 1.0)).astype(dtype) for s in shapes]
+        for _ in range(steps)
+    ]
+    dev_params = [_put(device, p) for p in params]
+    opt = getattr(pyopt.optim, rule)(dev_params, **hp, master_weights=True)
+    for step_grads in grads:
+        opt.step([_put(device, g) for g in step_grads], grad_scale=grad_scale)
+    masters = [entry["master_param"] for entry in opt.state_dict()["state"].values()]
+    want = [p.astype(np.float64) for p in params]
+    states: list[dict[str, Any]] = [{} for _ in shapes]
+    mult = 1.0 if grad_scale is None else 1.0 / grad_scale
+    for step_grads in grads:
+        want = [
+            reference.OPTIMIZERS[rule](p, g.astype(np.float64), s, grad_mult=mult, **hp)
+            for p, g, s in zip(want, step_grads, states, strict=True)
+        ]
+    for p, master in zip(dev_params, masters, strict=True):
+        if not np.array_equal(to_numpy(p).view(np.uint16), master.astype(dtype).view(np.uint16)):
+            return math.inf
+    return _max_error(zip(masters, want, strict=True))
+
+
+def _mixed_checks(device: str, sizes: Sizes) -> Iterator[Check]:
+    """Every case of :data:`OPTIMIZER_CASES` with float32 master weights over 16-bit
+    params (separate arrays) of the first optimizer shapes of ``sizes``, in each format of
+    the device."""
+    shapes = sizes.optimizer[0][1]
+    where = _sizes(math.prod(s) for s in shapes)
+    for fmt in MIXED_FORMATS[device]:
+        for config in OPTIMIZER_CASES.values():
+            case = f"{config.label} master_weights x{sizes.steps} {where} {fmt}"
+            run = functools.partial(_mixed, device, case, config, shapes, sizes.steps, fmt)
+            yield Check("mixed", case, LIMITS[np.dtype(np.float32)], run)
+
+
 # --- clipping -----------------------------------------------------------------------
 
 
@@ -841,6 +897,7 @@ def _torch_checks(device: str, sizes: Sizes) -> Iterator[Check]:
 _BUILDERS: dict[str, Callable[[str, Sizes], Iterator[Check]]] = {
     "batchnorm": _batch_norm_checks,
     "optim": _optimizer_checks,
+    "mixed": _mixed_checks,
     "clip": _clip_checks,
     "dropout": _dropout_checks,
     "init": _init_checks,

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from pyopt._backend import dtype_of
+from pyopt._backend import SIXTEEN_BIT, dtype_of
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# What optimizers update: float32/float64, and float16/bfloat16 computed in float32.
+PARAM_DTYPES = (*FLOAT_DTYPES, *SIXTEEN_BIT)
 
 
 def float_dtype(name: str, arr: Any) -> np.dtype:
@@ -19,6 +21,14 @@ def float_dtype(name: str, arr: Any) -> np.dtype:
     dtype = dtype_of(arr)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def param_dtype(name: str, arr: Any) -> np.dtype:
+    """The dtype of ``arr``, which must be float32, float64, float16 or bfloat16."""
+    dtype = dtype_of(arr)
+    if dtype not in PARAM_DTYPES:
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {dtype}")
     return dtype
 
 
@@ -115,7 +125,7 @@ def numeric_host_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         arr = np.asarray(value)
     except ValueError as exc:  # ragged nesting
         raise TypeError(f"{name} must be an array of real numbers ({exc})") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and arr.dtype not in SIXTEEN_BIT:
         raise TypeError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
     if dtype.kind in "iu":
         if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):

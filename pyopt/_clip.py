@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import backend_of, call_for, is_array, is_torch, kernels_for
+from pyopt._backend import (
+    backend_of,
+    call_for,
+    compute_dtype,
+    dtype_of,
+    is_array,
+    is_torch,
+    kernel_format,
+    kernels_for,
+)
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
 
@@ -45,20 +54,29 @@ def _prepare(grads: Any) -> tuple[Any, list[Any], Any, np.dtype] | None:
     if not arrays:
         return None
     backend = backend_of((f"grads[{i}]", g) for i, g in enumerate(arrays))
-    dtypes = [_checks.float_dtype(f"grads[{i}]", g) for i, g in enumerate(arrays)]
+    dtypes = [_checks.param_dtype(f"grads[{i}]", g) for i, g in enumerate(arrays)]
     call = call_for(backend, arrays[0])
     for i, g in enumerate(arrays):
         call.check_inplace(f"grads[{i}]", g)
     pieces = _multi.run_pieces(arrays)
-    return call, pieces, kernels_for(backend, "clip"), np.result_type(*dtypes)
+    return call, pieces, kernels_for(backend, "clip"), _result_dtype(dtypes)
+
+
+def _result_dtype(dtypes: list[np.dtype]) -> np.dtype:
+    """The dtype the total norm is returned in: the grads' one dtype, else the promotion
+    of their compute dtypes (float16 and bfloat16 grads together: float32)."""
+    if len(set(dtypes)) == 1:
+        return dtypes[0]
+    return np.result_type(*(compute_dtype(d) for d in dtypes))
 
 
 def _update_each(call: Any, pieces: list[Any], fn: Any) -> None:
-    """``fn(flat, dtype_type)`` on a 1-D in-place view of every piece (a strided NumPy
-    piece goes through a contiguous copy that is written back)."""
+    """``fn(flat, fmt)`` on a 1-D in-place view of every piece (a strided NumPy piece
+    goes through a contiguous copy that is written back); ``fmt`` is the kernels' storage
+    format (``kernel_format``: uint16 bits of 16-bit grads)."""
     for piece in pieces:
         work, writeback = call.inplace(piece)
-        fn(work.reshape(math.prod(work.shape)), np.dtype(piece.dtype).type)
+        fn(work.reshape(math.prod(work.shape)), kernel_format(dtype_of(piece)))
         if writeback is not None:
             writeback()
 
@@ -73,7 +91,8 @@ def clip_grad_norm_(
 
     ``total = ‖(‖g₁‖ₚ, ‖g₂‖ₚ, …)‖ₚ`` (the p-norm of all elements together; ``p = inf`` the
     largest |g|, ``-inf`` the smallest), then every grad is multiplied by
-    ``min(max_norm / (total + 1e-6), 1)``, computed in the grads' dtype as torch does.
+    ``min(max_norm / (total + 1e-6), 1)``, computed in the grads' dtype as torch does
+    (float32 for float16/bfloat16 grads, which are scaled in float32 and rounded once).
     Semantics of ``torch.nn.utils.clip_grad_norm_`` (torch 2.13), with grads passed
     directly instead of parameters. The partial sums are accumulated in float64 and
     added in a fixed order: the norm does not depend on the thread count.
@@ -81,7 +100,8 @@ def clip_grad_norm_(
     Args:
         grads: one array, an iterable of arrays (a list, a generator; ``None`` entries
             skipped, like parameters without ``.grad``), or a dict name -> array
-            (``ParamBuffer.grads``). float32/float64, all NumPy or all CUDA.
+            (``ParamBuffer.grads``). float32/float64/float16/bfloat16, all NumPy or all
+            CUDA.
         max_norm: the largest norm allowed.
         norm_type: p of the p-norm: a positive number, ``inf`` or ``-inf``.
         error_if_nonfinite: raise ``RuntimeError`` (modifying nothing) when the total norm
@@ -92,7 +112,8 @@ def clip_grad_norm_(
         (``0.0`` when there are no grads).
 
     Raises:
-        TypeError: grads that are not float32/float64 arrays, or mix host and device.
+        TypeError: grads that are not float32/float64/float16/bfloat16 arrays, or mix
+            host and device.
         ValueError: ``norm_type`` 0 or a negative finite p (not supported; torch allows
             them), a NaN ``max_norm``, non-contiguous CUDA grads.
         RuntimeError: non-finite total norm with ``error_if_nonfinite``.
@@ -116,29 +137,38 @@ def clip_grad_norm_(
     if prepared is None:
         return np.float32(0.0)
     call, pieces, kernels, dtype = prepared
-    total = dtype.type(_combine(_norm_partials(call, pieces, kernels, p), p))
+    norm = _combine(_norm_partials(call, pieces, kernels, p), p)
+    total = dtype.type(norm)
     if error_if_nonfinite and not np.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {float(norm_type)} for gradients from `parameters` is "
             "non-finite, so it cannot be clipped. To disable this error and scale the "
             "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
         )
-    coef = dtype.type(max_norm) / (total + dtype.type(1e-6))
+    compute = compute_dtype(dtype).type
+    # In the grads' dtype (the compute dtype of 16-bit grads: from the unrounded norm).
+    coef = compute(max_norm) / (compute(norm) + compute(1e-6))
     # torch multiplies by min(coef, 1) always; x·1 == x, so only coef < 1 (or NaN) writes.
     if not coef >= 1:
         _update_each(
-            call, pieces, lambda flat, t: kernels.scale_(flat, t(coef), **call.kernel_kwargs)
+            call,
+            pieces,
+            lambda flat, fmt: kernels.scale_(flat, coef, **call.kernel_kwargs, fmt=fmt),
         )
     return total
 
 
 def _norm_partials(call: Any, pieces: list[Any], kernels: Any, p: float) -> np.ndarray:
     """The host float64 per-block partials of the p-norm of ``pieces`` (one read)."""
+    # block_partials launches for the non-empty pieces, in order: their storage formats.
+    formats = iter([kernel_format(dtype_of(q)) for q in pieces if math.prod(q.shape)])
     return _multi.block_partials(
         call,
         pieces,
         kernels.norm_partials_blocks,
-        lambda flat, rows: kernels.norm_partials(flat, rows, p, **call.kernel_kwargs),
+        lambda flat, rows: kernels.norm_partials(
+            flat, rows, p, **call.kernel_kwargs, fmt=next(formats)
+        ),
     )
 
 
@@ -198,5 +228,7 @@ def clip_grad_value_(grads: Any, clip_value: float) -> None:
     _update_each(
         call,
         pieces,
-        lambda flat, t: kernels.clamp_(flat, t(-clip_value), t(clip_value), **call.kernel_kwargs),
+        lambda flat, fmt: kernels.clamp_(
+            flat, -clip_value, clip_value, **call.kernel_kwargs, fmt=fmt
+        ),
     )

@@ -5,8 +5,10 @@ The file is a ZIP archive (stored, uncompressed) holding
 * ``pyopt.json``: ``{"format": "pyopt-checkpoint", "version": 1, "tree": T}`` where T
   encodes the object: ``{"dict": [[K, V], ...]}``, ``{"list": [...]}``,
   ``{"tuple": [...]}``, ``{"str": s}``, ``{"int": n}``, ``{"float": "repr"}`` (exact,
-  ``inf``/``nan`` included), ``{"bool": b}``, ``{"none": null}`` and
-  ``{"array": "arrays/<n>.npy"}``;
+  ``inf``/``nan`` included), ``{"bool": b}``, ``{"none": null}``,
+  ``{"array": "arrays/<n>.npy"}`` and ``{"bfloat16": "arrays/<n>.npy"}`` (a bfloat16
+  array, which ``.npy`` cannot describe, stored as its uint16 bits: exact, 2 bytes an
+  element, loaded as ``ml_dtypes.bfloat16``);
 * ``arrays/<n>.npy``: each array in NumPy's ``.npy`` format, read back with
   ``allow_pickle=False`` (object arrays are refused on save).
 
@@ -32,6 +34,7 @@ import tempfile
 import zipfile
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from pyopt._backend import is_cuda_array, to_numpy
@@ -50,6 +53,7 @@ _VALUE_TYPES = {
     "float": str,
     "str": str,
     "array": str,
+    "bfloat16": str,
     "dict": list,
     "list": list,
     "tuple": list,
@@ -80,6 +84,9 @@ def _encode(obj: Any, where: str, arrays: list[np.ndarray], depth: int) -> Any:
         arr = to_numpy(obj)
         if arr.dtype.hasobject:
             raise TypeError(f"{where} is an object array, which cannot be saved without pickle")
+        if arr.dtype == ml_dtypes.bfloat16:
+            arrays.append(arr.view(np.uint16))
+            return {"bfloat16": f"{_ARRAYS}{len(arrays) - 1}.npy"}
         descr = np.lib.format.dtype_to_descr(arr.dtype)
         if np.lib.format.descr_to_dtype(descr) != arr.dtype:
             raise TypeError(
@@ -209,6 +216,11 @@ class _Reader:
                 ) from exc
         if kind == "array":
             return self.array(value, where)
+        if kind == "bfloat16":
+            bits = self.array(value, where)
+            if bits.dtype != np.uint16:
+                raise self.corrupt(f"the bfloat16 array at {where} is stored as {bits.dtype}")
+            return bits.view(ml_dtypes.bfloat16)
         if kind == "dict":
             return self.decode_dict(value, where, depth)
         items = []
@@ -308,7 +320,7 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     Raises:
         TypeError: ``obj`` holds something the format cannot store (named by its path):
             an object of another type, an object array, or a dtype the ``.npy`` format
-            cannot describe (such as ``ml_dtypes.bfloat16``); nothing is written.
+            cannot describe (bfloat16 is stored as its bits); nothing is written.
         ValueError: ``obj`` nests deeper than :data:`MAX_DEPTH` (or holds itself);
             nothing is written.
         TypeError: ``path`` is not a str or ``os.PathLike``.

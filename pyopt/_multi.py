@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pyopt._backend import cuda_interface_owner
+
 
 def _root(arr: np.ndarray) -> np.ndarray:
     while isinstance(arr.base, np.ndarray):
@@ -65,7 +67,7 @@ def _locate(arr: Any) -> tuple[int, int, int] | None:
         if not host.flags.c_contiguous:
             return None
         return id(_root(host)), host.__array_interface__["data"][0], host.nbytes
-    cai = arr.__cuda_array_interface__
+    cai = cuda_interface_owner(arr).__cuda_array_interface__
     shape, strides = tuple(cai["shape"]), cai.get("strides")
     itemsize = np.dtype(cai["typestr"]).itemsize
     if strides is not None and strides != _c_strides(shape, itemsize):
@@ -87,7 +89,7 @@ def _byte_span(arr: Any) -> tuple[int, int]:
             host.itemsize,
         )
     else:
-        cai = arr.__cuda_array_interface__
+        cai = cuda_interface_owner(arr).__cuda_array_interface__
         shape, itemsize = tuple(cai["shape"]), np.dtype(cai["typestr"]).itemsize
         ptr, strides = cai["data"][0], cai.get("strides") or _c_strides(shape, itemsize)
     if 0 in shape:
@@ -178,7 +180,7 @@ def span(arrays: Sequence[Any]) -> Any:
         return FakeCUDAArray(flat)
     from numba import cuda
 
-    cai = first.__cuda_array_interface__
+    cai = cuda_interface_owner(first).__cuda_array_interface__
     desc = {
         "shape": (size,),
         "typestr": cai["typestr"],

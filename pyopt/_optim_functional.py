@@ -25,7 +25,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pyopt import _checks, _multi
-from pyopt._backend import CpuCall, backend_of, call_for, dtype_of, kernels_for
+from pyopt._backend import (
+    SIXTEEN_BIT,
+    CpuCall,
+    backend_of,
+    call_for,
+    compute_dtype,
+    dtype_of,
+    format_of,
+    kernels_for,
+)
 from pyopt.kernels import specs
 
 __all__ = ["adadelta_", "adagrad_", "adam_", "adamw_", "check_hyperparameters", "rmsprop_", "sgd_"]
@@ -93,6 +102,22 @@ def _check_grad_scale(grad_scale: Any) -> None:
 # --- the driver shared by every rule ------------------------------------------------
 
 
+_BFLOAT16 = SIXTEEN_BIT[1]
+
+
+def state_dtype_for(name: str, state: np.dtype, param: np.dtype) -> np.dtype:
+    """``state`` when optimizer state of that dtype may go with ``param``'s params: the
+    param dtype for float32/float64, bfloat16 (half the state memory) for float32 and
+    16-bit params, float32 for 16-bit params; else a ``TypeError`` naming ``name``."""
+    allowed = [param] if param in _checks.FLOAT_DTYPES else []
+    if param != np.float64:
+        allowed += [np.dtype(np.float32), _BFLOAT16]
+    if state not in allowed:
+        names = " or ".join(dict.fromkeys(str(d) for d in allowed))
+        raise TypeError(f"{name} has dtype {state}; with {param} params it must be {names}")
+    return state
+
+
 def _check_lists(
     params: Sequence[Any],
     grads: Sequence[Any],
@@ -134,19 +159,24 @@ def _check_lists(
         )
     call = call_for(backend, params[0])
     others = given[1:]
+    states_of = [(name, lst) for name, lst in others if name != "grads"]
     for i, p in enumerate(params):
-        dtype = (
-            p.dtype if p.dtype in _checks.FLOAT_DTYPES else _checks.float_dtype(f"params[{i}]", p)
-        )
+        dtype = _checks.param_dtype(f"params[{i}]", p)
         shape = tuple(p.shape)
         call.check_inplace(f"params[{i}]", p)
-        for name, lst in others:
+        grad = grads[i]
+        if dtype_of(grad) != dtype or tuple(grad.shape) != shape:  # fast path, then name it
+            _checks.same_dtype(f"grads[{i}]", grad, dtype, f"params[{i}]")
+            _checks.shape_is(f"grads[{i}]", grad, shape, f"the shape of params[{i}]")
+        first = None  # the state's dtype: one for all of a param's state
+        for name, lst in states_of:
             arr = lst[i]
-            if arr.dtype != dtype or tuple(arr.shape) != shape:  # fast path, then name it
-                _checks.same_dtype(f"{name}[{i}]", arr, dtype, f"params[{i}]")
+            if first is None:
+                first = (f"{name}[{i}]", state_dtype_for(f"{name}[{i}]", dtype_of(arr), dtype))
+            if dtype_of(arr) != first[1] or tuple(arr.shape) != shape:
+                _checks.same_dtype(f"{name}[{i}]", arr, first[1], first[0])
                 _checks.shape_is(f"{name}[{i}]", arr, shape, f"the shape of params[{i}]")
-            if name != "grads":
-                call.check_inplace(f"{name}[{i}]", arr)
+            call.check_inplace(f"{name}[{i}]", arr)
     _multi.check_disjoint(
         (f"{name}[{i}]", arr) for name, lst in given if name != "grads" for i, arr in enumerate(lst)
     )
@@ -159,15 +189,55 @@ class Part(NamedTuple):
     Attributes:
         spec: the kernel spec of the rule.
         columns: the params, the grads, then each state list of ``spec.states`` (None: a
-            state these hyperparameters do not use).
+            state these hyperparameters do not use), then, with ``master``, the float32
+            master copies of the (16-bit) params.
         steps: the step counts, incremented in place by :func:`run`.
         row: step count after the increment -> ``(scalars, flags)`` of the kernel row.
+        master: whether the last column holds master copies.
+        seed: the Philox seed of stochastic rounding (bfloat16 params without a master),
+            None to round to nearest.
+        streams: per param, the Philox stream its stochastic rounding draws from (None:
+            its position in this part), and ``starts`` the index its first element has
+            in that stream (None: 0). An optimizer keys a param by its index among all
+            its params, so the draws depend on the seed, the param, the element and the
+            step only.
     """
 
     spec: specs.RuleSpec
     columns: list[Sequence[Any] | None]
     steps: np.ndarray
     row: Callable[[int], tuple[tuple[float, ...], tuple[bool, ...]]]
+    master: bool = False
+    seed: int | None = None
+    streams: Any = None
+    starts: Any = None
+
+    def with_precision(
+        self,
+        masters: Sequence[Any] | None,
+        seed: int | None,
+        streams: Any = None,
+        starts: Any = None,
+    ) -> Part:
+        """This part with the master copies ``masters`` (None: none; None entries for
+        float32/float64 params) as its last column and stochastic rounding under ``seed``
+        (None: round to nearest) from ``streams`` at ``starts``."""
+        columns = [*self.columns, masters] if masters is not None else self.columns
+        return self._replace(
+            columns=columns, master=masters is not None, seed=seed, streams=streams, starts=starts
+        )
+
+    def storage(self, dtype: np.dtype, state_dtype: np.dtype | None) -> specs.Storage:
+        """The kernel variant of an entry with params of ``dtype`` and state of
+        ``state_dtype`` (None: no state): master copies and stochastic rounding apply to
+        16-bit and bfloat16 params only."""
+        sixteen = dtype in SIXTEEN_BIT
+        return specs.Storage(
+            param=format_of(dtype) if sixteen else None,
+            state="bfloat16" if state_dtype == _BFLOAT16 else None,
+            master=self.master and sixteen,
+            stochastic=self.seed is not None and dtype == _BFLOAT16 and not self.master,
+        )
 
 
 def _address(call: Any, arr: Any, read_only: bool, alive: list, write_backs: list) -> int:
@@ -199,14 +269,21 @@ class _Layout:
         self.arrays = _written_arrays(part)
         params = part.columns[0]
         self.sizes = np.array([math.prod(p.shape) for p in params], dtype=np.int64)
-        self.dtypes = [dtype_of(p) for p in params]
-        self.segments = np.zeros((len(params), 1 + len(part.columns)), dtype=np.int64)
+        states = [column for column in part.columns[2 : 2 + len(part.spec.states)] if column]
+        self.storages = [
+            part.storage(dtype_of(p), dtype_of(states[0][k]) if states else None)
+            for k, p in enumerate(params)
+        ]
+        self.compute = [compute_dtype(dtype_of(p)) for p in params]
+        extra = 3 if part.seed is not None else 0  # the stochastic stream: seed, offset, start
+        self.segments = np.zeros((len(params), 1 + len(part.columns) + extra), dtype=np.int64)
         self.alive: list[Any] = []  # contiguous copies of strided params or state
         self.write_backs: list[Callable[[], None]] = []
         for c, column in enumerate(part.columns):
             if c != 1 and column is not None:
                 self.segments[:, 1 + c] = [
-                    _address(call, arr, False, self.alive, self.write_backs) for arr in column
+                    0 if arr is None else _address(call, arr, False, self.alive, self.write_backs)
+                    for arr in column
                 ]
         # With copies, the next step must copy again: such a layout is not kept.
         self.reusable = not self.alive
@@ -217,8 +294,14 @@ class _Layout:
 
 
 def _written_arrays(part: Part) -> list[Any]:
-    """The params and state arrays of ``part``, in column order."""
-    return [arr for c, column in enumerate(part.columns) if c != 1 and column for arr in column]
+    """The params, state and master arrays of ``part``, in column order."""
+    return [
+        arr
+        for c, column in enumerate(part.columns)
+        if c != 1 and column
+        for arr in column
+        if arr is not None
+    ]
 
 
 class Plan:
@@ -254,7 +337,7 @@ def run(backend: str, parts: Sequence[Part], plan: Plan | None = None) -> None:
     spec = parts[0].spec
     call = call_for(backend, parts[0].columns[0][0])
     plan = plan or Plan()
-    pieces: dict[np.dtype, list[tuple[np.ndarray, np.ndarray]]] = {}
+    pieces: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
     scalars: list[tuple[float, ...]] = []
     flags: list[tuple[bool, ...]] = []
     layouts, grad_copies = [], []
@@ -272,20 +355,32 @@ def run(backend: str, parts: Sequence[Part], plan: Plan | None = None) -> None:
             row_scalars, row_flags = part.row(t)
             scalars.append(row_scalars)
             flags.append(row_flags)
-        for dtype in dict.fromkeys(layout.dtypes):
-            keep = np.array([d == dtype for d in layout.dtypes]) & (layout.sizes > 0)
-            pieces.setdefault(dtype, []).append((addresses[keep], layout.sizes[keep]))
+        if part.seed is not None:  # Philox key: the seed; counter: (element, stream + step·2³²)
+            stream = np.arange(len(steps)) if part.streams is None else part.streams
+            addresses[:, -3] = part.seed
+            addresses[:, -2] = np.asarray(stream, np.int64) | (
+                (steps.astype(np.int64) & 0xFFFFFFFF) << 32
+            )
+            addresses[:, -1] = 0 if part.starts is None else part.starts
+        keys = [(st, c) for st, c in zip(layout.storages, layout.compute, strict=True)]
+        for key in dict.fromkeys(keys):
+            keep = np.array([k == key for k in keys]) & (layout.sizes > 0)
+            # The part's table holds every column its entries use, in kernel order: the
+            # variant takes its leading ones (no master or stream for a float32 entry).
+            width = 1 + len(key[0].columns(spec)) + len(key[0].extra())
+            pieces.setdefault(key, []).append((addresses[keep, :width], layout.sizes[keep]))
     kernels = kernels_for(backend, "optim")
-    for dtype, parts_of_dtype in pieces.items():
-        segments = np.concatenate([a for a, _ in parts_of_dtype])
+    for (storage, dtype), parts_of_key in pieces.items():
+        segments = np.concatenate([a for a, _ in parts_of_key])
         offsets = np.zeros(len(segments) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate([n for _, n in parts_of_dtype]), out=offsets[1:])
+        np.cumsum(np.concatenate([n for _, n in parts_of_key]), out=offsets[1:])
         kernels.update(
             spec,
             segments,
             offsets,
             np.array(scalars, dtype=dtype).reshape(len(scalars), len(spec.scalars)),
             np.array(flags, dtype=np.uint8).reshape(len(flags), len(spec.flags)),
+            storage=storage,
             **call.kernel_kwargs,
         )
     for layout in layouts:
@@ -293,19 +388,98 @@ def run(backend: str, parts: Sequence[Part], plan: Plan | None = None) -> None:
             back()
 
 
+def check_precision(
+    params: Sequence[Any],
+    master_params: Sequence[Any] | None,
+    stochastic_rounding: Any,
+    seed: Any,
+    others: Sequence[tuple[str, Any]] = (),
+) -> tuple[list[Any] | None, int | None]:
+    """Validate the mixed-precision options of a step over ``params`` (checked arrays);
+    return ``(masters, seed)`` for :meth:`Part.with_precision` (None: not used).
+
+    ``master_params``: None, or one entry per param: a float32 array of its shape for a
+    float16/bfloat16 param, None for a float32/float64 one. ``stochastic_rounding``:
+    round bfloat16 params (those without a master) stochastically, keyed by ``seed`` (an
+    int in [0, 2⁶³)). ``others`` are the step's other written arrays, which the masters
+    must not overlap. Raises ``TypeError``/``ValueError`` naming the argument.
+    """
+    stochastic = _checks.flag("stochastic_rounding", stochastic_rounding)
+    seed = _checks.integer("seed", seed, minimum=0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be below 2**63, got {seed}")
+    if master_params is None:
+        return None, seed if stochastic else None
+    if stochastic:
+        raise ValueError(
+            "stochastic_rounding is for bfloat16 params without master copies; "
+            "master_params were given"
+        )
+    if not isinstance(master_params, list | tuple):
+        raise TypeError(f"master_params must be a list, got {type(master_params).__name__}")
+    if len(master_params) != len(params):
+        raise ValueError(
+            f"master_params has {len(master_params)} entries but params has {len(params)}"
+        )
+    written = list(others)
+    for i, (p, master) in enumerate(zip(params, master_params, strict=True)):
+        name = f"master_params[{i}]"
+        if dtype_of(p) not in SIXTEEN_BIT:
+            if master is not None:
+                raise ValueError(f"{name} must be None: params[{i}] is {dtype_of(p)}, not 16-bit")
+            continue
+        if master is None:
+            raise ValueError(
+                f"{name} is None but params[{i}] is {dtype_of(p)}: give its float32 copy"
+            )
+        _checks.same_dtype(name, master, np.dtype(np.float32), "a master copy")
+        _checks.shape_is(name, master, tuple(p.shape), f"the shape of params[{i}]")
+        backend_of([("params[0]", params[0]), (name, master)])
+        call_for(backend_of([(name, master)]), master).check_inplace(name, master)
+        written.append((name, master))
+    _multi.check_disjoint(written)
+    return list(master_params), None
+
+
 def _public(build: Callable[..., tuple[str | None, Part]], name: str) -> Callable[..., None]:
     """The public step of the rule whose arguments ``build`` maps to ``(backend, part)``
-    after validating them: same signature and documentation, launches the part."""
+    after validating them, with the mixed-precision options of :func:`check_precision`:
+    same signature and documentation, launches the part."""
 
     @functools.wraps(build)
-    def step(*args: Any, **kwargs: Any) -> None:
+    def step(
+        *args: Any,
+        master_params: Sequence[Any] | None = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         if "check" in kwargs:
             raise TypeError(f"{name}() got an unexpected keyword argument 'check'")
         backend, part = build(*args, check=True, **kwargs)
-        run(backend, [part])
+        written = [
+            (f"{c}[{i}]", arr)
+            for c, column in zip(part.spec.columns, part.columns, strict=False)
+            if column and c != "grad"
+            for i, arr in enumerate(column)
+        ]
+        masters, seed = check_precision(
+            part.columns[0], master_params, stochastic_rounding, seed, written
+        )
+        run(backend, [part.with_precision(masters, seed)])
 
     signature = inspect.signature(build)
     parameters = [p for p in signature.parameters.values() if p.name != "check"]
+    precision = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+        for n, d, a in (
+            ("master_params", None, "Sequence[Any] | None"),
+            ("stochastic_rounding", False, "bool"),
+            ("seed", 0, "int"),
+        )
+    ]
+    variadic = [p for p in parameters if p.kind is p.VAR_KEYWORD]
+    parameters = [p for p in parameters if p.kind is not p.VAR_KEYWORD] + precision + variadic
     step.__signature__ = signature.replace(parameters=parameters, return_annotation=None)
     step.__name__ = step.__qualname__ = name
     return step

@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 
 from pyopt import _checks, _multi, _random
-from pyopt._backend import backend_of, call_for, copy_into, kernels_for
+from pyopt._backend import (
+    backend_of,
+    call_for,
+    compute_dtype,
+    copy_into,
+    dtype_of,
+    kernel_format,
+    kernels_for,
+)
 from pyopt._optim_functional import adadelta_, adagrad_, adam_, adamw_, rmsprop_, sgd_
 
 __all__ = [
@@ -40,10 +48,26 @@ def _channel_layout(shape: tuple[int, ...], axis: Any) -> tuple[int, int, int]:
     return math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1 :])
 
 
-def _check_channel_vector(name: str, arr: Any, channels: int, dtype: np.dtype) -> None:
-    if arr is not None:
+def _channel_dtype(x_dtype: np.dtype) -> np.dtype:
+    """The dtype of the per-channel arrays for an input of ``x_dtype``: its own, float32
+    for float16/bfloat16 (torch's mixed rule)."""
+    return compute_dtype(x_dtype)
+
+
+def _check_channel_vector(name: str, arr: Any, channels: int, x_dtype: np.dtype) -> None:
+    if arr is None:
+        return
+    dtype = _channel_dtype(x_dtype)
+    if dtype != x_dtype:
+        got = dtype_of(arr)
+        if got != dtype:
+            raise TypeError(
+                f"{name} has dtype {got} but must be float32 for {x_dtype} x (the "
+                "per-channel arrays of a 16-bit batch norm are float32, torch's mixed rule)"
+            )
+    else:
         _checks.same_dtype(name, arr, dtype, "x")
-        _checks.shape_is(name, arr, (channels,), "one value per channel")
+    _checks.shape_is(name, arr, (channels,), "one value per channel")
 
 
 def batch_norm(
@@ -77,8 +101,12 @@ def batch_norm(
     ``axis`` has no torch counterpart (torch's channel axis is 1).
 
     Args:
-        x: input of rank >= 2, float32 or float64.
-        weight: per-channel scale ``(C,)`` or None (no affine scale).
+        x: input of rank >= 2: float32, float64, float16 or bfloat16.
+        weight: per-channel scale ``(C,)`` or None (no affine scale). The per-channel
+            arrays have the dtype of ``x``, or float32 when ``x`` is float16/bfloat16
+            (torch's mixed rule: ``y`` in the input dtype, statistics computed in
+            float32 -- exactly the float32 computation on the same values, ``y``
+            rounded once).
         bias: per-channel shift ``(C,)`` or None.
         running_mean: ``(C,)`` running mean, updated in place when training, or None.
         running_var: ``(C,)`` running variance, updated in place when training, or None.
@@ -117,7 +145,8 @@ def batch_norm(
     )
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
-    dtype = _checks.float_dtype("x", x)
+    dtype = _checks.param_dtype("x", x)
+    channel_dtype = _channel_dtype(dtype)
     for name, arr in (
         ("weight", weight),
         ("bias", bias),
@@ -146,15 +175,15 @@ def batch_norm(
 
     # Everything is validated: from here on the call cannot fail on its arguments.
     y_out, y = call.empty(shape, dtype)
-    mean_out, mean = call.empty((channels,), dtype)
-    invstd_out, invstd = call.empty((channels,), dtype)
+    mean_out, mean = call.empty((channels,), channel_dtype)
+    invstd_out, invstd = call.empty((channels,), channel_dtype)
     if count == 0:
         # An empty batch, as in torch: nothing to normalize, running statistics unchanged.
         for out in (mean_out, invstd_out):
-            copy_into(out, np.full(channels, math.nan, dtype=dtype))
+            copy_into(out, np.full(channels, math.nan, dtype=channel_dtype))
         return y_out, mean_out, invstd_out
-    w = call.full((channels,), 1.0, dtype) if weight is None else call.contiguous(weight)
-    b = call.full((channels,), 0.0, dtype) if bias is None else call.contiguous(bias)
+    w = call.full((channels,), 1.0, channel_dtype) if weight is None else call.contiguous(weight)
+    b = call.full((channels,), 0.0, channel_dtype) if bias is None else call.contiguous(bias)
     writebacks = []
     if running_mean is None:
         rm, rv = mean, invstd  # never read or written: update is False in training
@@ -179,6 +208,7 @@ def batch_norm(
         momentum,
         eps,
         stream=call.stream,
+        fmt=kernel_format(dtype),
     )
     for writeback in writebacks:
         writeback()
@@ -212,7 +242,9 @@ def batch_norm_backward(
     keyword-only, like :func:`batch_norm`'s.
 
     Args:
-        dy: gradient of the output, same shape and dtype as ``x``.
+        dy: gradient of the output, same shape and dtype as ``x`` (float16/bfloat16
+            ``x``: ``dx`` in that dtype, ``weight``/``mean``/``invstd`` and the returned
+            ``dweight``/``dbias`` float32).
         x: the forward input.
         weight: the forward ``weight`` ``(C,)``, or None when there was no affine.
         mean: the ``mean`` returned by the forward call.
@@ -243,7 +275,8 @@ def batch_norm_backward(
     )
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
-    dtype = _checks.float_dtype("x", x)
+    dtype = _checks.param_dtype("x", x)
+    channel_dtype = _channel_dtype(dtype)
     _checks.same_dtype("dy", dy, dtype, "x")
     _checks.shape_is("dy", dy, shape, "the shape of x")
     for name, arr in (("weight", weight), ("mean", mean), ("invstd", invstd)):
@@ -252,14 +285,17 @@ def batch_norm_backward(
     call = call_for(backend, x)
 
     dx_out, dx = call.empty(shape, dtype)
-    dweight_out, dweight = call.empty((channels,), dtype)
-    dbias_out, dbias = call.empty((channels,), dtype)
+    dweight_out, dweight = call.empty((channels,), channel_dtype)
+    dbias_out, dbias = call.empty((channels,), channel_dtype)
     if outer * inner == 0:
         for out in (dweight_out, dbias_out):
-            copy_into(out, np.zeros(channels, dtype=dtype))
+            copy_into(out, np.zeros(channels, dtype=channel_dtype))
     else:
         view3 = (outer, channels, inner)
-        w = call.full((channels,), 1.0, dtype) if weight is None else call.contiguous(weight)
+        if weight is None:
+            w = call.full((channels,), 1.0, channel_dtype)
+        else:
+            w = call.contiguous(weight)
         kernels_for(backend, "batchnorm").batch_norm_backward(
             call.contiguous(dy).reshape(view3),
             call.contiguous(x).reshape(view3),
@@ -271,6 +307,7 @@ def batch_norm_backward(
             dbias,
             training,
             stream=call.stream,
+            fmt=kernel_format(dtype),
         )
     if weight is None:
         return dx_out, None, None
@@ -279,7 +316,7 @@ def batch_norm_backward(
 
 def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str, training: bool = True) -> Any:
     backend = backend_of(((name, x),))
-    dtype = _checks.float_dtype(name, x)
+    dtype = _checks.param_dtype(name, x)
     p = _checks.in_unit_interval("p", p)
     seed = _random.check_u64("seed", seed)
     offset = _random.check_u64("offset", offset)
@@ -302,6 +339,7 @@ def _dropout(x: Any, p: Any, seed: Any, offset: Any, name: str, training: bool =
             seed,
             offset,
             **call.kernel_kwargs,
+            fmt=kernel_format(dtype),  # 16-bit: the float32 mask and product, rounded once
         )
     return out
 
@@ -322,7 +360,8 @@ def dropout(x: Any, p: float = 0.5, *, training: bool = True, seed: int, offset:
     call that needs a new mask. Moves 2 elements per element (read x, write y).
 
     Args:
-        x: float32/float64 array of any shape (NumPy or CUDA).
+        x: float32/float64/float16/bfloat16 array of any shape (NumPy or CUDA); 16-bit
+            values are computed in float32 (the same mask as float32) and rounded once.
         p: probability of an element being zeroed, in [0, 1]. ``p = 0`` returns a copy of
             ``x``; ``p = 1`` returns zeros (no NaN, also where ``x`` is inf or NaN: a
             dropped element is exactly 0, where torch multiplies by 0).
@@ -334,7 +373,8 @@ def dropout(x: Any, p: float = 0.5, *, training: bool = True, seed: int, offset:
         ``y``: a new C-contiguous array of the caller's type.
 
     Raises:
-        TypeError: ``x`` not a float32/float64 array, seed or offset not ints.
+        TypeError: ``x`` not a float32/float64/float16/bfloat16 array, seed or offset not
+            ints.
         ValueError: ``p`` outside [0, 1], seed or offset outside [0, 2**64).
 
     Example:
@@ -359,14 +399,16 @@ def dropout_backward(dy: Any, p: float, *, seed: int, offset: int = 0) -> Any:
     and ``scale = 1 / (1 - p)``.
 
     Args:
-        dy: gradient of the output, float32/float64, the forward input's shape.
+        dy: gradient of the output, float32/float64/float16/bfloat16, the forward input's
+            shape.
         p, seed, offset: the values of the forward call.
 
     Returns:
         ``dx``, a new array of the caller's type.
 
     Raises:
-        TypeError: ``dy`` not a float32/float64 array, seed or offset not ints.
+        TypeError: ``dy`` not a float32/float64/float16/bfloat16 array, seed or offset not
+            ints.
         ValueError: ``p`` outside [0, 1], seed or offset outside [0, 2**64).
     """
     return _dropout(dy, p, seed, offset, "dy")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pyopt import _checks, _random
-from pyopt._backend import backend_of, call_for, copy_into, kernels_for
+from pyopt._backend import backend_of, call_for, copy_into, kernel_format, kernels_for
 
 __all__ = [
     "calculate_gain",
@@ -88,7 +88,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 def _checked(tensor: Any) -> tuple[str, np.dtype]:
     """``(backend, dtype)`` of a float32/float64 array that can be filled in place."""
     backend = backend_of((("tensor", tensor),))
-    dtype = _checks.float_dtype("tensor", tensor)
+    dtype = _checks.param_dtype("tensor", tensor)
     call_for(backend, tensor).check_inplace("tensor", tensor)
     return backend, dtype
 
@@ -120,7 +120,7 @@ def _fill(
 ) -> Any:
     """Fill ``tensor`` in place: ``kind`` "uniform" on [a, b) or "normal" N(a, b²), from
     the stream ``key = (seed, offset)`` (by default that of :func:`_random.key_for`)."""
-    backend, _ = _checked(tensor)
+    backend, dtype = _checked(tensor)
     key = _random.key_for(seed) if key is None else key
     n = math.prod(tuple(tensor.shape))
     if n == 0:
@@ -128,7 +128,8 @@ def _fill(
     call = call_for(backend, tensor)
     kernels = kernels_for(backend, "random")
     work, writeback = call.inplace(tensor)
-    kernels.fill(work.reshape(n), kind, a, b, *key, **call.kernel_kwargs)
+    fmt = kernel_format(dtype)  # 16-bit: drawn as float32, rounded to nearest even once
+    kernels.fill(work.reshape(n), kind, a, b, *key, **call.kernel_kwargs, fmt=fmt)
     if writeback is not None:
         writeback()
     return tensor
@@ -138,7 +139,9 @@ def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0, *, seed: int | None = 
     """Fill ``tensor`` with values from U(a, b): ``a + (b − a)·u``, u uniform on [0, 1).
 
     Args:
-        tensor: float32/float64 NumPy or CUDA array (C-contiguous on CUDA), filled in place.
+        tensor: float32/float64/float16/bfloat16 NumPy or CUDA array (C-contiguous on
+            CUDA), filled in place; a 16-bit one gets the float32 fill's values (the same
+            draws) rounded to nearest even.
         a, b: the bounds.
         seed: key of the Philox stream (an int in [0, 2**64)); None draws from the global
             generator (:func:`pyopt.manual_seed`).

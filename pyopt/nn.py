@@ -185,7 +185,9 @@ class BatchNorm(Module):
         affine: learn a per-channel ``weight`` (ones) and ``bias`` (zeros).
         track_running_stats: keep ``running_mean`` / ``running_var``.
         axis: channel axis: 1 (NCHW-style) or -1 (channels-last).
-        dtype: float32 or float64, for parameters and statistics (inputs must match).
+        dtype: float32 or float64, for parameters and statistics. Inputs have this dtype,
+            or float16/bfloat16 for a float32 layer (torch's mixed rule: ``y`` and ``dx``
+            in the input's dtype, everything per channel in float32).
         device: "auto", "cpu" or "cuda"; "auto" follows ``$PYOPT_DEVICE``, else CUDA when
             it is usable, else the CPU.
         bias: with ``affine``, also learn the shift ``bias`` (torch's keyword-only

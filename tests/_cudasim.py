@@ -21,6 +21,13 @@ the block's array by call site and creates it when missing, unlocked, so two thr
 block can each create one and write their partials into arrays the others never read
 (seen as a NaN grad norm from ``np.empty`` garbage in a loaded CI run).
 
+And it replaces the simulator's block scheduler: its ``BlockManager.run`` busy-polls every
+thread of the block for ``syncthreads`` arrivals, holding the GIL against the very threads
+it waits for (on a loaded 2-core machine, half the simulator's time). ``_run_block`` keeps
+its semantics (``syncthreads`` releases once every thread still running has arrived, a
+thread that returns no longer counts, the first thread exception aborts the block and is
+raised) with one condition variable per block that the threads signal.
+
 ``SMALL_LAUNCH`` shrinks ``pyopt.kernels.config`` so that inputs of a few hundred
 elements span several blocks, partial blocks, several partials per channel and several
 grid-stride iterations (apply with ``monkeypatch.setattr``; see ``conftest.small_launch``).
@@ -157,13 +164,93 @@ def _shared_array(self, shape, dtype, alignment=None):
 _ORIGINAL_SHARED_ARRAY = None
 
 
+class _BlockSync:
+    """``syncthreads`` of one simulated block: the threads arrived, exited and failed."""
+
+    def __init__(self, nthreads: int):
+        self.nthreads = nthreads
+        self.arrived = 0
+        self.exited = 0
+        self.generation = 0
+        self.failed = None  # the first BlockThread that raised
+        self.abort = False
+        self.cond = threading.Condition(threading.Lock())
+
+    def release_if_complete(self) -> None:
+        """Release the waiting threads once every running thread has arrived (lock held)."""
+        if self.arrived and self.arrived + self.exited == self.nthreads:
+            self.arrived = 0
+            self.generation += 1
+            self.cond.notify_all()
+
+
+def _syncthreads(self):
+    """``BlockThread.syncthreads``: wait for every thread of the block still running."""
+    sync = self._manager._pyopt_sync
+    with sync.cond:
+        if sync.abort:
+            raise RuntimeError("abort flag set on syncthreads call")
+        sync.arrived += 1
+        generation = sync.generation
+        sync.release_if_complete()
+        while sync.generation == generation and not sync.abort:
+            sync.cond.wait()
+        if sync.abort:
+            raise RuntimeError("abort flag set on syncthreads clear")
+
+
+def _thread_run(self):
+    """``BlockThread.run`` that tells the block's ``_BlockSync`` when the thread ends."""
+    try:
+        _ORIGINAL_THREAD_RUN(self)  # records an exception in self.exception
+    finally:
+        sync = self._manager._pyopt_sync
+        with sync.cond:
+            sync.exited += 1
+            if self.exception is not None and sync.failed is None:
+                sync.failed = self
+            sync.release_if_complete()
+            sync.cond.notify_all()  # wakes _run_block
+
+
+def _run_block(self, grid_point, *args):
+    """``BlockManager.run``: run one block's threads to completion, no polling."""
+    from numba.cuda.simulator.kernel import BlockThread
+
+    def target():
+        self._f(*args)
+
+    threads = [
+        BlockThread(target, self, grid_point, block_point, self._debug)
+        for block_point in np.ndindex(*self._block_dim)
+    ]
+    sync = self._pyopt_sync = _BlockSync(len(threads))
+    for t in threads:
+        t.start()
+    with sync.cond:
+        while sync.exited < sync.nthreads and sync.failed is None:
+            sync.cond.wait()
+        failed = sync.failed
+        if failed is not None:  # abort the others (not joined, as in the simulator)
+            sync.abort = True
+            for t in threads:
+                t.abort = True
+            sync.cond.notify_all()
+    if failed is not None:
+        raise failed.exception[0].with_traceback(failed.exception[1])
+
+
+_ORIGINAL_THREAD_RUN = None
+
+
 def install() -> None:
-    """Add the warp intrinsics to the simulator's ``FakeCUDAModule`` and make its shared
-    arrays thread-safe (idempotent).
+    """Add the warp intrinsics to the simulator's ``FakeCUDAModule``, make its shared
+    arrays thread-safe and its blocks' ``syncthreads`` signalled, not polled (idempotent).
 
     Intrinsics the simulator already provides are left alone.
     """
-    global _ORIGINAL_SHARED_ARRAY
+    global _ORIGINAL_SHARED_ARRAY, _ORIGINAL_THREAD_RUN
+    from numba.cuda.simulator.kernel import BlockManager, BlockThread
     from numba.cuda.simulator.kernelapi import FakeCUDAModule, FakeCUDAShared
 
     for name, function in _INTRINSICS.items():
@@ -172,3 +259,8 @@ def install() -> None:
     if FakeCUDAShared.array is not _shared_array:
         _ORIGINAL_SHARED_ARRAY = FakeCUDAShared.array
         FakeCUDAShared.array = _shared_array
+    if BlockManager.run is not _run_block:
+        _ORIGINAL_THREAD_RUN = BlockThread.run
+        BlockThread.run = _thread_run
+        BlockThread.syncthreads = _syncthreads
+        BlockManager.run = _run_block

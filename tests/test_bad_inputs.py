@@ -146,7 +146,7 @@ NOT_ARRAYS = [
 BAD_DTYPES = [
     (name, lambda v, d=dtype: v.astype(d), TypeError)
     for name, dtype in [
-        ("float16", np.float16),
+        ("int16", np.int16),  # float16/bfloat16 are valid for params, grads, dropout, init
         ("int64", np.int64),
         ("complex64", np.complex64),
         ("bool", np.bool_),

@@ -316,7 +316,7 @@ def _bad_calls():
         ("axis batch", ValueError, "axis", dict(axis=0)),
         ("axis type", TypeError, "axis", dict(axis=1.0)),
         ("list x", TypeError, "x", dict(x=[[1.0, 2.0]])),
-        ("float16", TypeError, "x", dict(x=x.astype(np.float16))),
+        ("float16 weight", TypeError, "weight has dtype float16 but must be float32", dict(x=x.astype(np.float16), weight=ones3.astype(np.float16))),
     ]  # fmt: skip
 
 

@@ -465,4 +465,17 @@ def test_cuda_launch_signatures_are_registered(cuda_backend, monkeypatch):
             got = forward(cuda_backend, inp, training=True, update_running=True)
             forward(cuda_backend, inp, training=False, update_running=False)
             backward(cuda_backend, inp, got["mean"], got["invstd"], training=True)
+    # The 16-bit launchers (through the public layer): uint16 data, float32 vectors.
+    import ml_dtypes
+    from helpers import to_backend
+
+    from pyopt.functional import batch_norm, batch_norm_backward
+
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        x = to_backend(np.linspace(-2, 2, 30).reshape(2, 3, 5).astype(dtype), cuda_backend)
+        stats = {"running_mean": to_backend(np.zeros(3, np.float32), cuda_backend)}
+        stats["running_var"] = to_backend(np.ones(3, np.float32), cuda_backend)
+        _, mean, invstd = batch_norm(x, training=True, **stats)
+        batch_norm(x, training=False, **stats)
+        batch_norm_backward(x, x, weight=None, mean=mean, invstd=invstd)
     assert_launches_match_gate(seen, "batchnorm")

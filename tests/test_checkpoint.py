@@ -105,11 +105,28 @@ def test_load_rejects_files_that_are_not_checkpoints(tmp_path):
 
 
 def test_save_refuses_dtypes_the_npy_format_cannot_describe(tmp_path):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
+
     path = tmp_path / "ck.pyopt"
-    with pytest.raises(TypeError, match=r"obj\['w'\] has dtype bfloat16"):
-        pyopt.save(path, {"w": np.zeros(3, ml_dtypes.bfloat16)})
+    with pytest.raises(TypeError, match=r"obj\['w'\] has dtype float8_e4m3fn"):
+        pyopt.save(path, {"w": np.zeros(3, ml_dtypes.float8_e4m3fn)})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bfloat16_and_float16_arrays_round_trip_bit_for_bit(tmp_path):
+    import ml_dtypes
+
+    bits = np.arange(65536, dtype=np.uint16)  # every pattern: NaN payloads, -0, subnormals
+    obj = {"bf16": bits.view(ml_dtypes.bfloat16).reshape(256, 256), "f16": bits.view(np.float16)}
+    path = tmp_path / "ck.pyopt"
+    pyopt.save(path, obj)
+    back = pyopt.load(path)
+    assert back["bf16"].dtype == ml_dtypes.bfloat16 and back["bf16"].shape == (256, 256)
+    assert back["f16"].dtype == np.float16
+    np.testing.assert_array_equal(back["bf16"].view(np.uint16).ravel(), bits)
+    np.testing.assert_array_equal(back["f16"].view(np.uint16), bits)
+    with zipfile.ZipFile(path) as archive:  # 2 bytes an element, not a float32 copy
+        assert archive.getinfo("arrays/0.npy").file_size < 65536 * 2 + 256
 
 
 def _nested(depth):

@@ -377,5 +377,11 @@ def test_cuda_launch_signatures_are_registered(cuda_backend, monkeypatch):
             clip.norm_partials(x, cuda.device_array(1, np.float64), norm_type)
         clip.scale_(x, 2.0)
         clip.clamp_(x, -1.0, 1)
+    for fmt in ("float16", "bfloat16"):  # uint16 bits of the 16-bit formats
+        x = cuda.to_device(np.ones(7, np.uint16))
+        for norm_type in NORM_TYPES:
+            clip.norm_partials(x, cuda.device_array(1, np.float64), norm_type, fmt=fmt)
+        clip.scale_(x, 2.0, fmt=fmt)
+        clip.clamp_(x, -1.0, 1, fmt=fmt)
     assert_launches_match_gate(seen, "clip")
-    assert len(seen) == 3 * 2  # three kernels, float32 and float64
+    assert len(seen) == 3 * 4  # three kernels: float32, float64, float16 and bfloat16

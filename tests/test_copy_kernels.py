@@ -13,7 +13,7 @@ from helpers import CUDASIM, assert_launches_match_gate, record_launches
 
 pytestmark = pytest.mark.sim
 
-DTYPES = [np.float32, np.float64]
+DTYPES = [np.float32, np.float64, np.uint16]  # uint16: the bits of float16/bfloat16 arrays
 
 # NumPy views of a contiguous 720-element base; the device arrays under test have the
 # same layout. Most have more elements than SMALL_LAUNCH's 256 threads, so the gather's

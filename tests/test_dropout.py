@@ -112,7 +112,7 @@ def test_bad_arguments(kwargs, exc, match):
 
 
 def test_bad_arrays():
-    with pytest.raises(TypeError, match="x must be float32 or float64"):
+    with pytest.raises(TypeError, match="x must be float32, float64, float16 or bfloat16"):
         dropout(np.ones(3, np.int64), 0.5, seed=0)
     with pytest.raises(TypeError, match="dy must be a NumPy array"):
         dropout_backward([1.0, 2.0], 0.5, seed=0)

@@ -287,7 +287,7 @@ def test_bad_params_are_rejected():
         optim.Adam([])
     with pytest.raises(TypeError, match="params"):
         optim.Adam(np.ones(3))
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
         optim.Adam([np.ones(3, np.int64)])
     p = np.ones(3)
     with pytest.raises(ValueError, match="shares memory"):
@@ -483,6 +483,10 @@ def test_state_dict_is_numpy_copies():
         "amsgrad": False,
         "maximize": False,
         "decoupled_weight_decay": False,
+        "master_weights": False,
+        "state_dtype": None,
+        "stochastic_rounding": False,
+        "seed": 0,
         "params": [0],
     }
 

@@ -466,5 +466,11 @@ def test_cuda_launch_signatures_are_registered(cuda_backend, monkeypatch):
         cuda_random.dropout(x, y, 2**31, 2.0, 2**63, 1)
         cuda_random.fill(y, "uniform", 0, 1, 1, 2**63)
         cuda_random.fill(y, "normal", 0.0, 1, 0, 0)
+    for fmt in ("float16", "bfloat16"):  # uint16 bits of the 16-bit formats
+        x = cuda.to_device(np.ones(5, np.uint16))
+        y = cuda.device_array(5, np.uint16)
+        cuda_random.dropout(x, y, 2**31, 2.0, 2**63, 1, fmt=fmt)
+        cuda_random.fill(y, "uniform", 0, 1, 1, 2**63, fmt=fmt)
+        cuda_random.fill(y, "normal", 0.0, 1, 0, 0, fmt=fmt)
     assert_launches_match_gate(seen, "random")
-    assert len(seen) == 3 * 2  # three kernels, float32 and float64
+    assert len(seen) == 3 * 4  # three kernels: float32, float64, float16 and bfloat16

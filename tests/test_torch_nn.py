@@ -227,9 +227,10 @@ def test_functional_batch_norm_bias_without_weight():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_autocast_computes_in_float32(dtype):
-    """Under CPU autocast a 16-bit input is computed in float32 and returned in its dtype,
-    as torch returns it; the gradient comes back in that dtype too."""
+def test_autocast_16bit_inputs_keep_their_dtype(dtype):
+    """Under CPU autocast a 16-bit input goes to the 16-bit kernels (float32 inside) and
+    comes back in its dtype, as torch returns it; the gradient comes back in that dtype
+    too."""
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 5).to(dtype)
     ref, ours = torch.nn.BatchNorm2d(3), pnn.BatchNorm2d(3)
@@ -432,7 +433,11 @@ BAD_INPUTS = [
         lambda bn, x: bn(x.to_sparse()), TypeError, "input must be a dense", None, id="sparse"
     ),
     pytest.param(
-        lambda bn, x: bn(x.half()), TypeError, "input must be float32", None, id="float16"
+        lambda bn, x: bn(x.half()),
+        TypeError,
+        "running_mean has dtype float64 but must be float32 for float16 x",
+        _set("running_mean", lambda bn: bn.running_mean.double()),
+        id="float16_beside_float64_stats",
     ),
     pytest.param(
         lambda bn, x: bn(x[0]), ValueError, r"expected 4D input \(got 3D input\)", None, id="3d"

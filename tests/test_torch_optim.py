@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch", reason="pyopt.torch needs torch (the extra 
 import pyopt.torch.optim as popt  # noqa: E402
 from pyopt._check import OPTIMIZER_CASES  # noqa: E402
 from pyopt.kernels.cpu import optim as cpu_optim  # noqa: E402
+from pyopt.optim._optimizer import PRECISION  # noqa: E402
 
 # (class name, hyperparameters): pyopt check's table, every flag of every rule at least once
 # (its grad_scale, a loss scale, is GradScaler's business in torch).
@@ -68,7 +69,14 @@ def _assert_same(ours, opt, theirs, topt, dtype):
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.detach(), b.detach(), **TOL[dtype])
     sd, tsd = opt.state_dict(), topt.state_dict()
-    assert sd["param_groups"] == tsd["param_groups"]
+
+    # torch's hyperparameters, and pyopt's mixed-precision options at their defaults (a
+    # torch optimizer that loaded pyopt's state dict holds them too).
+    def torch_keys(groups):
+        return [{k: v for k, v in g.items() if k not in PRECISION} for g in groups]
+
+    assert torch_keys(sd["param_groups"]) == torch_keys(tsd["param_groups"])
+    assert all({k: g[k] for k in PRECISION} == PRECISION for g in sd["param_groups"])
     assert sd["state"].keys() == tsd["state"].keys()
     for i, entry in tsd["state"].items():
         assert sd["state"][i].keys() == entry.keys()
@@ -337,7 +345,7 @@ def test_import_pyopt_does_not_import_torch():
 # --- bad input: a clear error, nothing modified --------------------------------------
 
 BAD_CONSTRUCTION = [
-    ("int param", lambda: [torch.zeros(3, dtype=torch.int64)], {}, TypeError, "float32 or float64"),
+    ("int param", lambda: [torch.zeros(3, dtype=torch.int64)], {}, TypeError, "or bfloat16"),
     (
         "complex param",
         lambda: [torch.zeros(3, dtype=torch.complex64, requires_grad=True)],
@@ -346,11 +354,11 @@ BAD_CONSTRUCTION = [
         "complex",
     ),
     (
-        "float16 param",
-        lambda: [torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))],
+        "float8 param",
+        lambda: [torch.nn.Parameter(torch.zeros(3, dtype=torch.float8_e4m3fn))],
         {},
         TypeError,
-        "float32 or float64",
+        "float32, float64, float16 or bfloat16",
     ),
     ("not a tensor", lambda: [np.zeros(3, np.float32)], {}, TypeError, "Tensor"),
     (

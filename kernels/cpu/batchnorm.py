@@ -33,15 +33,24 @@ float64; sums inside a chunk accumulate in ``x.dtype`` (vectorized; each accumul
 at most a few hundred terms). The per-channel steps run in float64 and round their
 results to ``x.dtype`` once; the elementwise passes compute in ``x.dtype``.
 
+float16/bfloat16 (``fmt``, uint16 bits; see ``_formats``) follow torch's mixed rule:
+the per-channel arrays are float32 and ``x.dtype`` above reads float32. A reduction
+decodes each cache-resident chunk or block into a per-thread float32 stage and runs the
+float32 code on it (memory still reads x once); the elementwise passes load each
+element to float32 and round the result once on store. So a 16-bit call computes what
+the float32 call on the same values computes (its per-channel results bit for bit; each
+``y``/``dx`` to the contraction into FMAs the compiler picks per loop), rounded once.
+
 References: Chan, Golub & LeVeque, "Algorithms for computing the sample variance:
 analysis and recommendations" (1983); Ioffe & Szegedy, "Batch Normalization" (2015).
 """
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange
 
 from pyopt.kernels import config, rules
+from pyopt.kernels.cpu._formats import decoded, load, staged, store
 from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets float reductions vectorize. No nnan/ninf: NaN and inf must propagate.
@@ -341,21 +350,24 @@ def _nchw_pass(
     op,  # _MOMENTS, _GRAD_SUMS, _NORMALIZE or _GRAD_INPUT
     x,  # (outer, C, inner), inner > 1
     dy,  # (outer, C, inner): read by the gradient passes
-    params,  # (4, C) x.dtype: the per-channel operands of the pass (see _MOMENTS ...)
+    params,  # (4, C) compute dtype: the per-channel operands of the pass (see _MOMENTS ...)
     partials,  # (3, P, C) float64 zeros: out of the reductions, a row per thread range
     out,  # (outer, C, inner): out of the elementwise passes
     training,  # _GRAD_INPUT: through the batch statistics
     chunk,  # elements per unit
+    fmt,  # storage format of x, dy and out (a literal: see _formats); params hold compute type
 ):
     """One pass of the NCHW schedule (module docstring) over x and dy, picked by ``op``.
 
     Memory: each pass reads its inputs once (a chunk that needs a second statistics pass
     is in L1); the elementwise passes write ``out`` once.
     """
+    literally(fmt)
     outer, channels, inner = x.shape
     parts = partials.shape[1]
     nk = (inner + chunk - 1) // chunk
     units = channels * outer * nk
+    stage = np.empty((parts, 2, staged(fmt, chunk)), params.dtype)  # 16-bit chunks, decoded
     for t in prange(parts):
         lo, hi = _partition(units, parts, t)
         c_lo, c_hi = _channel_span(lo, hi, outer * nk)
@@ -365,13 +377,16 @@ def _nchw_pass(
                 if op == _MOMENTS:
                     for k in range(k_lo, k_hi):
                         xs = x[n, c, k * chunk : min((k + 1) * chunk, inner)]
+                        xs = decoded(fmt, xs, stage[t, 0])
                         provisional = partials[1, t, c] if partials[0, t, c] > 0.0 else xs[0]
                         n_b, mean_b, m2_b = _chunk_moments(xs, provisional)
                         _merge_into(partials, t, c, n_b, mean_b, m2_b)
                 elif op == _GRAD_SUMS:
                     for k in range(k_lo, k_hi):
                         i0, i1 = k * chunk, min((k + 1) * chunk, inner)
-                        s, sx = _chunk_grad_sums(dy[n, c, i0:i1], x[n, c, i0:i1], params[0, c])
+                        gs = decoded(fmt, dy[n, c, i0:i1], stage[t, 0])
+                        xs = decoded(fmt, x[n, c, i0:i1], stage[t, 1])
+                        s, sx = _chunk_grad_sums(gs, xs, params[0, c])
                         partials[0, t, c] += s
                         partials[1, t, c] += sx
                 elif op == _NORMALIZE:  # the elementwise passes: the row's piece in one loop
@@ -379,7 +394,7 @@ def _nchw_pass(
                     xs, outs = x[n, c, i0:i1], out[n, c, i0:i1]
                     m, p1, p2 = params[0, c], params[1, c], params[2, c]
                     for i in range(outs.size):  # from 0: no negative-index checks
-                        outs[i] = _normalized(xs[i], m, p1, p2)
+                        outs[i] = store(fmt, _normalized(load(fmt, xs[i]), m, p1, p2))
                 else:
                     i0, i1 = k_lo * chunk, min(k_hi * chunk, inner)
                     gs, outs = dy[n, c, i0:i1], out[n, c, i0:i1]
@@ -387,10 +402,12 @@ def _nchw_pass(
                     if training:  # a constant flag per loop, so that each vectorizes
                         xs = x[n, c, i0:i1]
                         for i in range(outs.size):
-                            outs[i] = _grad_input(gs[i], xs[i], m, p1, p2, p3, True)
+                            g, v = load(fmt, gs[i]), load(fmt, xs[i])
+                            outs[i] = store(fmt, _grad_input(g, v, m, p1, p2, p3, True))
                     else:
                         for i in range(outs.size):  # eval: x is not read
-                            outs[i] = _grad_input(gs[i], gs[i], m, p1, p2, p3, False)
+                            g = load(fmt, gs[i])
+                            outs[i] = store(fmt, _grad_input(g, g, m, p1, p2, p3, False))
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -430,12 +447,13 @@ def _channels_last_pass(
     op,  # _MOMENTS, _GRAD_SUMS, _NORMALIZE or _GRAD_INPUT
     x,  # (rows * C,) flat rows of C
     dy,  # (rows * C,): read by the gradient passes
-    params,  # (4, C) x.dtype: the per-channel operands of the pass (see _MOMENTS ...)
+    params,  # (4, C) compute dtype: the per-channel operands of the pass (see _MOMENTS ...)
     partials,  # (3, P, C) float64 zeros: out of the reductions, a row per thread range
     out,  # (rows * C,): out of the elementwise passes
     training,  # _GRAD_INPUT: through the batch statistics
     period,  # target elements per period (config.CPU_PERIOD)
     block,  # elements per reduction block (config.CPU_BLOCK)
+    fmt,  # storage format of x, dy and out (a literal: see _formats); params hold compute type
 ):
     """One pass of the channels-last schedule (module docstring), picked by ``op``.
 
@@ -445,27 +463,31 @@ def _channels_last_pass(
     block that needs a second statistics pass is in L2); elementwise passes write ``out``
     once.
     """
+    literally(fmt)
     channels = params.shape[1]
     rows = x.size // channels
     parts = partials.shape[1]
     reps = _period_rows(channels, period)
     block_rows = max(1, block // (reps * channels)) * reps
-    tiled = np.zeros((5, reps * channels), x.dtype)  # params tiled, then zeros
+    tiled = np.zeros((5, reps * channels), params.dtype)  # params tiled, then zeros
     for j in range(4):
         _tile(params[j], reps, tiled[j])
     m, p1, p2, p3, zeros = tiled[0], tiled[1], tiled[2], tiled[3], tiled[4]
-    scratch = np.empty((parts, 3, reps * channels), x.dtype)
+    scratch = np.empty((parts, 3, reps * channels), params.dtype)
+    stage = np.empty((parts, 2, staged(fmt, block_rows * channels)), params.dtype)  # 16-bit
     for t in prange(parts):
         lo, hi = _partition(rows, parts, t)
         k, s1, s2 = scratch[t, 0], scratch[t, 1], scratch[t, 2]
+        x0, x1 = stage[t, 0], stage[t, 1]
         if op == _MOMENTS:  # the provisional means: the range's first row
-            _tile(x[lo * channels : (lo + 1) * channels], reps, k)
+            _tile(decoded(fmt, x[lo * channels : (lo + 1) * channels], x0), reps, k)
         for b0 in range(lo, hi, block_rows):
             b1 = min(b0 + block_rows, hi)
             xb, gb = x[b0 * channels : b1 * channels], dy[b0 * channels : b1 * channels]
             if op == _MOMENTS:
-                _block_moments(xb, k, channels, reps, s1, s2, partials, t)
+                _block_moments(decoded(fmt, xb, x0), k, channels, reps, s1, s2, partials, t)
             elif op == _GRAD_SUMS:
+                gb, xb = decoded(fmt, gb, x0), decoded(fmt, xb, x1)
                 _block_grad_sums(gb, xb, m, zeros, channels, reps, s1, s2)
                 for c in range(channels):
                     partials[0, t, c] += s1[c]
@@ -477,27 +499,32 @@ def _channels_last_pass(
                     if op == _NORMALIZE:
                         xs = x[flat]
                         for i in range(outs.size):
-                            outs[i] = _normalized(xs[i], m[i], p1[i], p2[i])
+                            v = load(fmt, xs[i])
+                            outs[i] = store(fmt, _normalized(v, m[i], p1[i], p2[i]))
                     elif training:  # a constant flag per loop, so that each vectorizes
                         xs, gs = x[flat], dy[flat]
                         for i in range(outs.size):
-                            outs[i] = _grad_input(gs[i], xs[i], m[i], p1[i], p2[i], p3[i], True)
+                            g, v = load(fmt, gs[i]), load(fmt, xs[i])
+                            dx = _grad_input(g, v, m[i], p1[i], p2[i], p3[i], True)
+                            outs[i] = store(fmt, dx)
                     else:
                         gs = dy[flat]
                         for i in range(outs.size):  # eval: x is not read
-                            outs[i] = _grad_input(gs[i], gs[i], m[i], p1[i], p2[i], p3[i], False)
+                            g = load(fmt, gs[i])
+                            dx = _grad_input(g, g, m[i], p1[i], p2[i], p3[i], False)
+                            outs[i] = store(fmt, dx)
 
 
-def _run(op, x, dy, params, partials, out, training=False):
-    """One pass ``op`` over C-contiguous ``(outer, C, inner)`` arrays, by the kernel of
-    their layout (``inner == 1``: channels-last)."""
+def _run(op, x, dy, params, partials, out, fmt, training=False):
+    """One pass ``op`` over C-contiguous ``(outer, C, inner)`` arrays stored as ``fmt``,
+    by the kernel of their layout (``inner == 1``: channels-last)."""
     if x.shape[2] == 1:
         _channels_last_pass(
             op, x.reshape(-1), dy.reshape(-1), params, partials, out.reshape(-1),
-            bool(training), int(config.CPU_PERIOD), int(config.CPU_BLOCK),
+            bool(training), int(config.CPU_PERIOD), int(config.CPU_BLOCK), fmt,
         )  # fmt: skip
     else:
-        _nchw_pass(op, x, dy, params, partials, out, bool(training), int(config.CPU_CHUNK))
+        _nchw_pass(op, x, dy, params, partials, out, bool(training), int(config.CPU_CHUNK), fmt)
 
 
 def _zero_partials(channels):
@@ -520,6 +547,7 @@ def batch_norm_forward(
     momentum,
     eps,
     stream=None,
+    fmt=None,
 ):
     """Batch norm forward on C-contiguous ``(outer, C, inner)`` NumPy arrays, in place.
 
@@ -528,21 +556,29 @@ def batch_norm_forward(
     statistics. Then the normalization pass, ``y = (x - mean) * invstd * weight + bias``.
     Writes ``y``, ``mean`` and ``invstd``; see the module docstring for the schedule.
     ``stream`` is ignored (the CPU has none): the signature is the CUDA launcher's.
+
+    ``fmt`` "float16"/"bfloat16": ``x`` and ``y`` are uint16 bits of that format and the
+    per-channel arrays float32 (torch's mixed rule); ``x`` is computed in float32 -- the
+    float32 path on the same values -- and ``y`` rounded once. None: every array has
+    ``x.dtype``.
     """
     channels = mean.size
+    fmt = fmt or x.dtype.name
     partials = _zero_partials(channels)
-    params = np.zeros((4, channels), x.dtype)  # _statistics: mean, scale, shift (of y)
+    params = np.zeros((4, channels), mean.dtype)  # _statistics: mean, scale, shift (of y)
     if training:
-        _run(_MOMENTS, x, x, params, partials, x)
+        _run(_MOMENTS, x, x, params, partials, x, fmt)
     _statistics(
         partials, weight, bias, running_mean, running_var, mean, invstd, params,
         bool(training), bool(update_running), float(momentum), float(eps),
     )  # fmt: skip
-    _run(_NORMALIZE, x, x, params, partials, y)
+    _run(_NORMALIZE, x, x, params, partials, y, fmt)
 
 
 @parallel_launcher
-def batch_norm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias, training, stream=None):
+def batch_norm_backward(
+    dy, x, weight, mean, invstd, dx, dweight, dbias, training, stream=None, fmt=None
+):  # fmt: skip
     """Batch norm backward on C-contiguous ``(outer, C, inner)`` NumPy arrays, in place.
 
     The gradient-sums pass (``Σ dy``, ``Σ dy * (x - mean)``), then
@@ -550,12 +586,14 @@ def batch_norm_backward(dy, x, weight, mean, invstd, dx, dweight, dbias, trainin
     ``dweight = Σ dy * xhat`` and the coefficients of ``dx``), then the input-gradient
     pass, :func:`rules.batch_norm_grad_input`. Writes ``dx``, ``dweight`` and ``dbias``;
     see the module docstring for the schedule. ``stream`` is ignored (the CPU has none):
-    the signature is the CUDA launcher's.
+    the signature is the CUDA launcher's. ``fmt``: as in :func:`batch_norm_forward` (``dy``,
+    ``x`` and ``dx`` stored as ``fmt``, the per-channel arrays float32).
     """
     outer, channels, inner = x.shape
+    fmt = fmt or x.dtype.name
     partials = _zero_partials(channels)
-    params = np.zeros((4, channels), x.dtype)  # mean, then a, b, d
+    params = np.zeros((4, channels), invstd.dtype)  # mean, then a, b, d
     params[0] = mean
-    _run(_GRAD_SUMS, x, dy, params, partials, dx)
+    _run(_GRAD_SUMS, x, dy, params, partials, dx, fmt)
     _backward_coefficients(partials, weight, invstd, float(outer * inner), dweight, dbias, params)
-    _run(_GRAD_INPUT, x, dy, params, partials, dx, training)
+    _run(_GRAD_INPUT, x, dy, params, partials, dx, fmt, training)

@@ -10,22 +10,28 @@ propagating through max and min like torch's) is the shared scalar code of
 ``kernels/rules.py``, compiled here with ``njit`` and in ``kernels/cuda/clip.py`` as
 device functions. On the
 CPU, max and min |g| are taken on the sign-cleared bit patterns instead (the same values,
-vectorized: see ``_abs_extreme_kernel``).
+vectorized: see ``_abs_extreme_kernel``). float16/bfloat16 grads (uint16 bits, ``fmt``:
+see ``_formats``) are loaded to float32 (exact) for the norm and scaled or clamped in
+float32, rounded once on store; their max / min |g| are taken on the 16-bit patterns.
 """
 
 import functools
 
+import ml_dtypes
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange
 
 from pyopt.kernels import config, rules
+from pyopt.kernels.cpu._formats import load, store
 from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets the float64 block sums vectorize (a fixed order per compiled loop,
 # the same whatever the thread count). No nnan/ninf: NaN and inf must propagate.
 _SUM_FASTMATH = {"reassoc", "contract"}
 # Unsigned integers as wide as each float dtype, for its bit patterns.
-_UINT = {4: np.uint32, 8: np.uint64}
+_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+# The float types of the 16-bit formats, whose uint16 bits the kernels see.
+_SIXTEEN_BIT = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
 _rule = functools.partial(rules.compiled, njit(inline="always", cache=True))
@@ -35,12 +41,12 @@ _combine = _rule(rules.norm_combine)
 
 
 @njit(inline="always", cache=True)
-def _block_sum(g, mode, p):
+def _block_sum(g, mode, p, fmt):
     """One block's ``Σ term``; ``mode`` is a constant at every call site, so the branches
     of the rules fold away and each mode's loop is compiled (and vectorized) alone."""
     acc = _identity(mode)
     for i in range(g.size):
-        acc = _combine(acc, _term(np.float64(g[i]), mode, p), mode)
+        acc = _combine(acc, _term(np.float64(load(fmt, g[i])), mode, p), mode)
     return acc
 
 
@@ -51,25 +57,27 @@ def _norm_sums_kernel(
     mode,  # rules.NORM_L1, rules.NORM_L2 or rules.NORM_POW
     p,  # float64 exponent (rules.NORM_POW)
     block,  # elements per block
+    fmt,  # storage format of grad (a literal: see _formats)
 ):
     """Per block of ``block`` elements, in float64: ``Σ|g|``, ``Σg²`` or ``Σ|g|^p``.
 
     Memory: reads g once (4 B/elem in float32).
     """
+    literally(fmt)
     n = grad.size
     for b in prange(out.size):
         g = grad[b * block : min((b + 1) * block, n)]
         if mode == rules.NORM_L1:
-            out[b] = _block_sum(g, rules.NORM_L1, p)
+            out[b] = _block_sum(g, rules.NORM_L1, p, fmt)
         elif mode == rules.NORM_L2:
-            out[b] = _block_sum(g, rules.NORM_L2, p)
+            out[b] = _block_sum(g, rules.NORM_L2, p, fmt)
         else:
-            out[b] = _block_sum(g, rules.NORM_POW, p)
+            out[b] = _block_sum(g, rules.NORM_POW, p, fmt)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _abs_extreme_kernel(
-    bits,  # (n,) the grad's IEEE-754 bits: uint32 (float32) or uint64 (float64)
+    bits,  # (n,) the grad's IEEE-754 bits: uint16 (float16, bfloat16), uint32, uint64
     out,  # (blocks,) uint64 out: the bits of each block's max |g| or min |g|, or a NaN's
     want_min,  # bool
     abs_mask,  # bits.dtype: all bits but the sign
@@ -99,26 +107,30 @@ def _abs_extreme_kernel(
 @njit(parallel=True, cache=True, error_model="numpy")
 def _scale_kernel(
     x,  # (n,) updated in place
-    coef,  # x.dtype scalar
+    coef,  # compute-dtype scalar (x.dtype; float32 for 16-bit x)
+    fmt,  # storage format of x (a literal: see _formats)
 ):
     """``x ← x·coef``: one rounding per element. Memory: reads and writes x (8 B/elem in
     float32)."""
+    literally(fmt)
     for i in prange(x.size):
-        x[i] = x[i] * coef
+        x[i] = store(fmt, load(fmt, x[i]) * coef)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _clamp_kernel(
     x,  # (n,) updated in place
-    lo,  # x.dtype scalar
-    hi,  # x.dtype scalar
+    lo,  # compute-dtype scalar (x.dtype; float32 for 16-bit x)
+    hi,  # compute-dtype scalar
+    fmt,  # storage format of x (a literal: see _formats)
 ):
     """``x ← min(max(x, lo), hi)``, NaN kept (``hi`` when ``lo > hi``, like np.clip and
     torch.clamp_). Memory: reads and writes x (8 B/elem in float32)."""
+    literally(fmt)
     for i in prange(x.size):
-        v = x[i]
+        v = load(fmt, x[i])
         v = lo if v < lo else v
-        x[i] = hi if v > hi else v
+        x[i] = store(fmt, hi if v > hi else v)
 
 
 def norm_partials_blocks(n: int) -> int:
@@ -128,7 +140,7 @@ def norm_partials_blocks(n: int) -> int:
 
 
 @parallel_launcher
-def norm_partials(grad, out, norm_type, stream=None) -> None:
+def norm_partials(grad, out, norm_type, stream=None, fmt=None) -> None:
     """Per fixed block of ``grad``, in float64 into ``out``: ``max |g|`` (``norm_type``
     inf), ``min |g|`` (-inf) or ``Σ|g|^p`` (finite p > 0); NaN propagates into max / min.
 
@@ -136,53 +148,62 @@ def norm_partials(grad, out, norm_type, stream=None) -> None:
     same bits on any machine size: ``max(rows)``, ``min(rows)`` or ``Σ rows ^ (1/p)``.
 
     Args:
-        grad: 1-D C-contiguous float32 or float64 array.
+        grad: 1-D C-contiguous float32 or float64 array, or uint16 bits of
+            float16/bfloat16.
         out: float64 array ``(norm_partials_blocks(grad.size),)``, C-contiguous.
         norm_type: inf, -inf or a finite p > 0 (the caller rejects the rest).
         stream: ignored (the CPU has none); accepted as on CUDA.
+        fmt: "float16" or "bfloat16" for a uint16 ``grad``; None for a float one.
     """
     if grad.size == 0:
         return
     mode, p = rules.norm_mode(norm_type)
     block = int(config.CPU_SUMSQ_BLOCK)
     if mode in (rules.NORM_MAX, rules.NORM_MIN):
-        uint = _UINT[grad.dtype.itemsize]
+        dtype = grad.dtype if fmt is None else _SIXTEEN_BIT[fmt]
+        uint = _UINT[dtype.itemsize]
         abs_mask = uint(np.iinfo(uint).max >> 1)
-        inf_bits = np.array(np.inf, grad.dtype).view(uint)[()]
+        inf_bits = np.array(np.inf, dtype).view(uint)[()]
         out_bits = out.view(np.uint64)
         _abs_extreme_kernel(
             grad.view(uint), out_bits, mode == rules.NORM_MIN, abs_mask, inf_bits, block
         )
-        out[:] = out_bits.astype(uint).view(grad.dtype)
+        out[:] = out_bits.astype(uint).view(dtype)
     else:
-        _norm_sums_kernel(grad, out, mode, np.float64(p), block)
+        _norm_sums_kernel(grad, out, mode, np.float64(p), block, fmt or grad.dtype.name)
 
 
 @parallel_launcher
-def scale_(x, coef, stream=None) -> None:
-    """``x *= coef`` in place, ``coef`` cast to ``x.dtype`` (one multiply per element).
+def scale_(x, coef, stream=None, fmt=None) -> None:
+    """``x *= coef`` in place, ``coef`` cast to the compute dtype (one multiply per
+    element, rounded once to the storage format).
 
     Args:
-        x: 1-D C-contiguous float32 or float64 array.
+        x: 1-D C-contiguous float32 or float64 array, or uint16 bits of float16/bfloat16
+            (computed in float32).
         coef: float.
         stream: ignored (the CPU has none); accepted as on CUDA.
+        fmt: "float16" or "bfloat16" for a uint16 ``x``; None for a float one.
     """
     if x.size == 0:
         return
-    _scale_kernel(x, x.dtype.type(coef))
+    f = x.dtype.type if fmt is None else np.float32
+    _scale_kernel(x, f(coef), fmt or x.dtype.name)
 
 
 @parallel_launcher
-def clamp_(x, lo, hi, stream=None) -> None:
+def clamp_(x, lo, hi, stream=None, fmt=None) -> None:
     """``x = min(max(x, lo), hi)`` in place, ``lo`` and ``hi`` cast to ``x.dtype``; NaN
     stays NaN (torch.clamp_, np.clip).
 
     Args:
-        x: 1-D C-contiguous float32 or float64 array.
+        x: 1-D C-contiguous float32 or float64 array, or uint16 bits of float16/bfloat16
+            (compared in float32: the bounds are rounded once to the format on store).
         lo, hi: floats (±inf for no bound).
         stream: ignored (the CPU has none); accepted as on CUDA.
+        fmt: "float16" or "bfloat16" for a uint16 ``x``; None for a float one.
     """
     if x.size == 0:
         return
-    f = x.dtype.type
-    _clamp_kernel(x, f(lo), f(hi))
+    f = x.dtype.type if fmt is None else np.float32
+    _clamp_kernel(x, f(lo), f(hi), fmt or x.dtype.name)

@@ -31,10 +31,15 @@ import itertools
 from numba import carray, njit
 from numba.core.extending import intrinsic
 
-from pyopt.kernels import _codegen, config, specs
+from pyopt.kernels import _codegen, config, philox, rules, specs
 from pyopt.kernels.cpu._launch import parallel_launcher
 
 _RULES = specs.compiled_rules(njit(inline="always", cache=True))
+_CONVERSIONS = rules.compiled_conversions(
+    njit(inline="always", cache=True), *_codegen.bitcast_intrinsics(intrinsic)
+)
+_philox = philox.compiled(njit(inline="always", cache=True))
+_stream_block, _stream_word = _philox.stream_block, _philox.stream_word
 _address_as_pointer = _codegen.address_intrinsic(intrinsic)
 
 
@@ -58,22 +63,37 @@ def _access_classes(spec: specs.RuleSpec) -> list[list[dict[str, bool]]]:
     return list(classes.values())
 
 
-def _source(spec: specs.RuleSpec) -> str:
-    """The element loop and the kernel of ``spec``, as Python source."""
-    name, k = spec.name, len(spec.columns)
+def _source(spec: specs.RuleSpec, storage: specs.Storage) -> str:
+    """The element loop and the kernel of ``spec`` stored as ``storage``, as Python source."""
+    name, kernel = spec.name + storage.suffix, specs.kernel_name(spec, storage)
+    formats = storage.formats(spec)
+    k = len(formats)
     columns = ", ".join(f"c{c}" for c in range(k))
     scalars = ", ".join(f"s{j}" for j in range(len(spec.scalars)))
     flags = "".join(f", {f}" for f in spec.flags)
-    loads = [
-        f"        x{c} = c{c}[i] if {state.read} else zero"
-        for c, state in enumerate(spec.states, start=2)
+    nl = "\n"
+    if storage.stochastic:
+        loop = _stochastic_loop(spec, storage, name, columns, scalars, flags)
+    else:
+        loads, stores = _codegen.element_update(
+            spec, storage, lambda c: f"c{c}[i]", lambda c: f"x{c}", "", scalars, " " * 8
+        )
+        loop = f'''
+@njit(inline="always", cache=True)
+def _{name}_loop({columns}, scalars, zero{flags}):
+    """``rules.{spec.name}`` over one piece; the access flags are constants at every call."""
+    {scalars}, = scalars
+    for i in range(c0.size):  # from 0: no negative-index checks, so it vectorizes
+{nl.join([*loads, *stores])}
+'''
+    views = [
+        f"            c{c} = _piece(segments[s, {c + 1}], a, b, {_codegen.like(fmt)})"
+        for c, fmt in enumerate(formats)
     ]
-    args = ", ".join(["c0[i]", "c1[i]", *(f"x{c}" for c in range(2, k)), scalars, *spec.rule_flags])
-    stores = ["        c0[i] = r[0]"] + [
-        f"        if {state.write}:\n            c{c}[i] = r[{c - 1}]"
-        for c, state in enumerate(spec.states, start=2)
+    extra = [
+        f"            {column} = segments[s, {k + 1 + e}]"
+        for e, column in enumerate(storage.extra())
     ]
-    views = [f"            c{c} = _piece(segments[s, {c + 1}], a, b, scalars)" for c in range(k)]
     row_scalars = ", ".join(f"scalars[row, {j}]" for j in range(len(spec.scalars)))
     row_flags = [f"            {f} = flags[row, {j}] != 0" for j, f in enumerate(spec.flags)]
     # One branch per distinct way of accessing the states, calling the loop with the flags
@@ -89,61 +109,115 @@ def _source(spec: specs.RuleSpec) -> str:
             else "True"
         )
         passed = "".join(f", {constant.get(f, f)}" for f in spec.flags)
+        stream_args = ", seed, offset, start + a" if storage.stochastic else ""
         keyword = "if" if not branches else "elif"
         branches.append(
             f"            {keyword} {test}:\n"
-            f"                _{name}_loop({columns}, row_scalars{passed})"
+            f"                _{name}_loop({columns}, row_scalars, zero{stream_args}{passed})"
         )
-    piece = [f"            row_scalars = ({row_scalars},)", *row_flags, *views, *branches]
-    nl = "\n"
+    piece = [
+        f"            row_scalars = ({row_scalars},)",
+        *row_flags,
+        *views,
+        *extra,
+        *branches,
+    ]
+    conversions = nl.join(f"_{c} = _CONVERSIONS[{c!r}]" for c in _codegen.CONVERSION_NAMES)
     return f'''
+import numpy as np
 from numba import njit, prange
 
-_{name}_rule = _RULES["{name}"]
+_{spec.name}_rule = _RULES["{spec.name}"]
+{conversions}
 
-
-@njit(inline="always", cache=True)
-def _{name}_loop({columns}, scalars{flags}):
-    """``rules.{name}`` over one piece; the access flags are constants at every call."""
-    zero = c0.dtype.type(0)
-    {scalars}, = scalars
-    for i in range(c0.size):  # from 0: no negative-index checks, so it vectorizes
-{nl.join(loads)}
-        r = _{name}_rule({args})
-{nl.join(stores)}
-
+{loop}
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _{name}_kernel(segments, offsets, first_segment, scalars, flags, chunk):
-    """``rules.{name}`` over every segment (see the module docstring)."""
+def {kernel}(segments, offsets, first_segment, scalars, flags, chunk):
+    """``rules.{spec.name}`` over every segment (see the module docstring)."""
     total = offsets[-1]
+    zero = scalars.dtype.type(0)
+    f32_like = np.float32(0)
+    bits_like = np.uint16(0)
     for u in prange(first_segment.size):
 {_codegen.segment_walk("u", nl.join(piece))}
 '''
 
 
-for _spec in specs.SPECS.values():
-    _codegen.define(globals(), f"optim_{_spec.name}", _source(_spec))
+def _stochastic_loop(spec, storage, name, columns, scalars, flags) -> str:
+    """The element loop of a stochastic-rounding variant, as source: element ``k`` of the
+    stream is lane ``k % 4`` of Philox block ``k // 4``, so the piece's whole blocks take
+    one Philox call per 4 elements (its first and last elements, outside whole blocks, a
+    call each)."""
+    loads, stores = _codegen.element_update(
+        spec, storage, lambda c: f"c{c}[i]", lambda c: f"x{c}", "word", scalars, " " * 4
+    )
+    nl = "\n"
+
+    def element(i: str, word: str) -> str:
+        return f"_{name}_element({columns}, {i}, {word}, scalars, zero{flags})"
+
+    lanes = nl.join(f"        {element(f'i + {lane}', f'w{lane}')}" for lane in range(4))
+    return f'''
+@njit(inline="always", cache=True)
+def _{name}_element({columns}, i, word, scalars, zero{flags}):
+    """``rules.{spec.name}`` on element i, rounded with the random ``word``."""
+    {scalars}, = scalars
+{nl.join([*loads, *stores])}
+
+
+@njit(inline="always", cache=True)
+def _{name}_loop({columns}, scalars, zero, seed, offset, base{flags}):
+    """``rules.{spec.name}`` over one piece whose element 0 is element ``base`` of the
+    stream; the access flags are constants at every call."""
+    n = c0.size
+    head = min((4 - base % 4) % 4, n)
+    blocks = (n - head) // 4
+    for i in range(head):
+        {element("i", "_stream_word(base + i, seed, offset)")}
+    block = (base + head) // 4  # the piece's first whole block
+    for q in range(blocks):
+        w0, w1, w2, w3 = _stream_block(block + q, seed, offset)
+        i = head + 4 * q
+{lanes}
+    for i in range(head + 4 * blocks, n):
+        {element("i", "_stream_word(base + i, seed, offset)")}
+'''
+
+
+def kernel(spec: specs.RuleSpec, storage: specs.Storage = specs.DEFAULT):
+    """The update kernel of ``spec`` for ``storage``, generated on first use."""
+    name = specs.kernel_name(spec, storage)
+    if name not in globals():
+        _codegen.define(globals(), f"optim{name[: -len('_kernel')]}", _source(spec, storage))
+    return globals()[name]
+
+
+for _spec in specs.SPECS.values():  # the float32/float64 kernels, defined at import
+    kernel(_spec)
 
 
 @parallel_launcher
-def update(spec, segments, offsets, scalars, flags, stream=None):
+def update(spec, segments, offsets, scalars, flags, stream=None, storage=specs.DEFAULT):
     """One fused step of ``spec`` (a :class:`pyopt.kernels.specs.RuleSpec`) over a
     segment table, in place.
 
     Args:
         spec: the rule.
-        segments: int64 ``(n, 1 + len(spec.columns))``: each segment's scalar row, then
-            the address of its param, grad and each state (0: a state its flags leave
-            unused); C-contiguous arrays of the scalars' dtype.
+        segments: int64 ``(n, 1 + len(storage.columns(spec)) + len(storage.extra()))``:
+            each segment's scalar row, then the address of its param, grad, each state (0:
+            a state its flags leave unused) and master, then ``storage.extra()``;
+            C-contiguous arrays stored as ``storage.formats(spec)`` says.
         offsets: int64 ``(n + 1,)``: where each segment starts in the concatenated
             elements (``offsets[0] = 0``, ``offsets[-1]`` the total).
-        scalars: ``(rows, len(spec.scalars))`` in the param dtype (float32 or float64).
+        scalars: ``(rows, len(spec.scalars))`` in the compute dtype (float32 or float64;
+            float32 for 16-bit params).
         flags: uint8 ``(rows, len(spec.flags))``.
         stream: ignored (the CPU has none); accepted as on CUDA.
+        storage: the :class:`pyopt.kernels.specs.Storage` of the tensors.
     """
     if segments.shape[0] == 0 or offsets[-1] == 0:
         return
     chunk = int(config.CPU_OPTIM_CHUNK)
-    kernel = globals()[f"_{spec.name}_kernel"]
-    kernel(segments, offsets, specs.unit_table(offsets, chunk), scalars, flags, chunk)
+    units = specs.unit_table(offsets, chunk)
+    kernel(spec, storage)(segments, offsets, units, scalars, flags, chunk)

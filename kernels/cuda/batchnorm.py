@@ -32,7 +32,10 @@ The elementwise passes are one flat, grid-stride, coalesced scaffold for both la
 Each thread keeps ``_UNROLL`` (statistics: ``_TILE``) loads in flight. Indices are int64
 throughout. The kernels accumulate and compute in ``x.dtype`` (``x.dtype.type``
 literals; the rules' literals are float32), so float32 kernels are float32 only; the
-compile gate checks their PTX.
+compile gate checks their PTX. The kernels that touch ``x``, ``dy``, ``y`` or ``dx``
+exist once per storage format (``_formats``): float16/bfloat16 data (uint16 bits, torch's
+mixed rule: per-channel arrays float32) is loaded to float32, computed as float32 data
+is, and rounded once on store; the finalize kernels are shared.
 
 References: Chan, Golub & LeVeque (1983) for the merge; Ioffe & Szegedy (2015) for the
 op; PyTorch's ``Normalization.cuh`` for the layout split and the partials/finalize scheme.
@@ -44,6 +47,7 @@ import numpy as np
 from numba import cuda
 
 from .. import config, rules
+from . import _formats
 from ._launch import resident_blocks
 from ._reduce import (
     MAX_WARPS,
@@ -128,75 +132,169 @@ def _flat_step(i, ch, dr, dq, inner, nch):
     return i, ch
 
 
-@cuda.jit(device=True, inline="always")
-def _channel_map(element, x, dy, operands, flag, out, inner, nch, read_x, read_dy):
-    """``out[k] = element(dy[k], x[k], c, operands, flag)`` over this thread's grid-stride
-    elements (``c`` the channel of ``k``); only ``x`` (``read_x``) and ``dy``
-    (``read_dy``) are loaded, all ``_UNROLL`` loads issued before the stores.
+def _data_kernels(load, store, compute):
+    """The kernels that read or write ``x``, ``dy``, ``y`` or ``dx``, for one storage
+    format (``_formats``): elements loaded with ``load``, accumulated and computed in
+    ``compute(x)``, results stored with ``store``."""
 
-    ``element`` is a device function: Numba compiles (and inlines) a copy of this loop
-    for each, so the normalization and ``dx`` kernels share their scaffolding.
-    """
-    total = out.size
-    e, stride, i, ch, dr, dq = _flat_start(inner, nch)
-    grads = cuda.local.array(_UNROLL, out.dtype)
-    vals = cuda.local.array(_UNROLL, out.dtype)
-    chans = cuda.local.array(_UNROLL, np.int64)
-    while e < total:
-        for u in range(_UNROLL):
-            k = e + u * stride
-            if k < total:
-                if read_dy:
-                    grads[u] = dy[np.uint64(k)]
-                if read_x:
-                    vals[u] = x[np.uint64(k)]
-                chans[u] = ch
-            i, ch = _flat_step(i, ch, dr, dq, inner, nch)
-        for u in range(_UNROLL):
-            k = e + u * stride
-            if k < total:
-                out[np.uint64(k)] = element(grads[u], vals[u], np.uint64(chans[u]), operands, flag)
-        e += _UNROLL * stride
+    @cuda.jit(device=True, inline="always")
+    def channel_map(element, x, dy, operands, flag, out, inner, nch, read_x, read_dy):
+        """``out[k] = element(dy[k], x[k], c, operands, flag)`` over this thread's grid-stride
+        elements (``c`` the channel of ``k``); only ``x`` (``read_x``) and ``dy``
+        (``read_dy``) are loaded, all ``_UNROLL`` loads issued before the stores.
 
+        ``element`` is a device function: Numba compiles (and inlines) a copy of this loop
+        for each, so the normalization and ``dx`` kernels share their scaffolding.
+        """
+        total = out.size
+        e, stride, i, ch, dr, dq = _flat_start(inner, nch)
+        acc = compute(out)
+        grads = cuda.local.array(_UNROLL, acc)
+        vals = cuda.local.array(_UNROLL, acc)
+        chans = cuda.local.array(_UNROLL, np.int64)
+        while e < total:
+            for u in range(_UNROLL):
+                k = e + u * stride
+                if k < total:
+                    if read_dy:
+                        grads[u] = load(dy[np.uint64(k)])
+                    if read_x:
+                        vals[u] = load(x[np.uint64(k)])
+                    chans[u] = ch
+                i, ch = _flat_step(i, ch, dr, dq, inner, nch)
+            for u in range(_UNROLL):
+                k = e + u * stride
+                if k < total:
+                    v = element(grads[u], vals[u], np.uint64(chans[u]), operands, flag)
+                    out[np.uint64(k)] = store(v)
+            e += _UNROLL * stride
 
-# --- forward ----------------------------------------------------------------------
+    @cuda.jit
+    def stats_kernel(
+        x,  # input, flat (outer * C * inner,)
+        partials,  # output, (3, P, C): count, mean, M2 of chunk p of channel c
+        inner,  # elements per (n, c) row (1: channels-last)
+        chunk,  # channel elements per block row p: [p·chunk, (p+1)·chunk)
+    ):
+        """Welford summaries of one chunk of ``blockDim.x`` adjacent channels into
+        ``partials[:, p, c]``.
 
+        Per element: one load (x is read once), a few flops; one division per tile.
+        """
+        nch = partials.shape[2]
+        c, j, hi, i, a, stride, dr, da, wrap = _channel_start(inner, nch, chunk, x.size // nch)
+        acc = compute(x)
+        vals = cuda.local.array(_TILE, acc)
+        n = acc.type(0)
+        mean = acc.type(0)
+        m2 = acc.type(0)
+        while j < hi:
+            count = 0
+            for u in range(_TILE):
+                if j < hi:  # the valid loads are a prefix: vals[:count]
+                    vals[u] = load(x[np.uint64(a)])
+                    count += 1
+                j += stride
+                i, a = _channel_step(i, a, dr, da, inner, wrap)
+            n, mean, m2 = welford_merge_values(n, mean, m2, vals, count)
 
-@cuda.jit
-def _bn_stats_kernel(
-    x,  # input, flat (outer * C * inner,)
-    partials,  # output, (3, P, C): count, mean, M2 of chunk p of channel c
-    inner,  # elements per (n, c) row (1: channels-last)
-    chunk,  # channel elements per block row p: [p·chunk, (p+1)·chunk)
-):
-    """Welford summaries of one chunk of ``blockDim.x`` adjacent channels into
-    ``partials[:, p, c]``.
+        smem = cuda.shared.array((3, MAX_WARPS, WARP_SIZE), acc)
+        n, mean, m2 = block_welford(n, mean, m2, np.int64(cuda.blockDim.x), smem)
+        if cuda.threadIdx.y == 0 and c < nch:
+            p = cuda.blockIdx.y
+            partials[0, p, c] = n
+            partials[1, p, c] = mean
+            partials[2, p, c] = m2
 
-    Per element: one load (x is read once), a few flops; one division per tile.
-    """
-    nch = partials.shape[2]
-    c, j, hi, i, a, stride, dr, da, wrap = _channel_start(inner, nch, chunk, x.size // nch)
-    vals = cuda.local.array(_TILE, x.dtype)
-    n = x.dtype.type(0)
-    mean = x.dtype.type(0)
-    m2 = x.dtype.type(0)
-    while j < hi:
-        count = 0
-        for u in range(_TILE):
-            if j < hi:  # the valid loads are a prefix: vals[:count]
-                vals[u] = x[np.uint64(a)]
-                count += 1
-            j += stride
-            i, a = _channel_step(i, a, dr, da, inner, wrap)
-        n, mean, m2 = welford_merge_values(n, mean, m2, vals, count)
+    @cuda.jit(device=True, inline="always")
+    def normalize_element(g, v, c, operands, flag):
+        """``y = (x − mean)·(invstd·weight) + bias``; ``operands = (mean, invstd, weight,
+        bias)``."""
+        mean, invstd, weight, bias = operands
+        return _normalized(v, mean[c], invstd[c] * weight[c], bias[c])
 
-    smem = cuda.shared.array((3, MAX_WARPS, WARP_SIZE), x.dtype)
-    n, mean, m2 = block_welford(n, mean, m2, np.int64(cuda.blockDim.x), smem)
-    if cuda.threadIdx.y == 0 and c < nch:
-        p = cuda.blockIdx.y
-        partials[0, p, c] = n
-        partials[1, p, c] = mean
-        partials[2, p, c] = m2
+    @cuda.jit
+    def normalize_kernel(
+        x,  # input, flat (outer * C * inner,)
+        mean,  # input, (C,)
+        invstd,  # input, (C,)
+        weight,  # input, (C,)
+        bias,  # input, (C,)
+        y,  # output, flat like x
+        inner,  # elements per (n, c) row (1: channels-last)
+    ):
+        """``y = (x − mean)·(invstd·weight) + bias``: reads x once, writes y once.
+
+        The per-channel operands are read through L1 (broadcast in NCHW, coalesced in
+        channels-last).
+        """
+        operands = (mean, invstd, weight, bias)
+        channel_map(normalize_element, x, x, operands, False, y, inner, mean.size, True, False)
+
+    @cuda.jit
+    def grad_kernel(
+        dy,  # input, flat (outer * C * inner,)
+        x,  # input, flat like dy
+        mean,  # input, (C,)
+        partials,  # output, (2, P, C): Σdy and Σdy·(x − mean) of chunk p of channel c
+        inner,  # elements per (n, c) row (1: channels-last)
+        chunk,  # channel elements per block row p: [p·chunk, (p+1)·chunk)
+    ):
+        """Partial sums ``Σdy``, ``Σdy·(x − mean)`` of one chunk of ``blockDim.x`` adjacent
+        channels into ``partials[:, p, c]``."""
+        nch = partials.shape[2]
+        c, j, hi, i, a, stride, dr, da, wrap = _channel_start(inner, nch, chunk, x.size // nch)
+        acc = compute(x)
+        s_dy = acc.type(0)
+        s_dyx = acc.type(0)
+        mc = mean[min(c, nch - 1)]
+        while j < hi:
+            for _ in range(_UNROLL):
+                if j < hi:
+                    g = load(dy[np.uint64(a)])
+                    s_dy += g
+                    s_dyx += g * (load(x[np.uint64(a)]) - mc)
+                j += stride
+                i, a = _channel_step(i, a, dr, da, inner, wrap)
+
+        smem = cuda.shared.array((MAX_WARPS, WARP_SIZE), acc)
+        width = np.int64(cuda.blockDim.x)
+        s_dy = block_sum(s_dy, width, smem)
+        s_dyx = block_sum(s_dyx, width, smem)
+        if cuda.threadIdx.y == 0 and c < nch:
+            p = cuda.blockIdx.y
+            partials[0, p, c] = s_dy
+            partials[1, p, c] = s_dyx
+
+    @cuda.jit(device=True, inline="always")
+    def dx_element(g, v, c, operands, training):
+        """``rules.batch_norm_grad_input``; ``operands = (mean, coef)``."""
+        mean, coef = operands
+        return _grad_input(g, v, mean[c], coef[0, c], coef[1, c], coef[2, c], training)
+
+    @cuda.jit
+    def dx_kernel(
+        dy,  # input, flat (outer * C * inner,)
+        x,  # input, flat like dy (not read when not training)
+        mean,  # input, (C,)
+        coef,  # input, (3, C): a, b, d from _bn_grad_finalize_kernel
+        dx,  # output, flat like dy
+        inner,  # elements per (n, c) row (1: channels-last)
+        training,  # differentiate through the batch statistics
+    ):
+        """Training: ``dx = a·dy − b·(x − mean) − d``; eval: ``dx = a·dy``.
+
+        Reads dy (and x when training) once, writes dx once.
+        """
+        operands = (mean, coef)
+        channel_map(dx_element, x, dy, operands, training, dx, inner, mean.size, training, True)
+
+    return {
+        "stats": stats_kernel,
+        "normalize": normalize_kernel,
+        "grad": grad_kernel,
+        "dx": dx_kernel,
+    }
 
 
 @cuda.jit
@@ -245,71 +343,6 @@ def _bn_stats_finalize_kernel(
         invstd[c] = _inverse_std(running_var[c], eps)
 
 
-@cuda.jit(device=True, inline="always")
-def _normalize_element(g, v, c, operands, flag):
-    """``y = (x − mean)·(invstd·weight) + bias``; ``operands = (mean, invstd, weight,
-    bias)``."""
-    mean, invstd, weight, bias = operands
-    return _normalized(v, mean[c], invstd[c] * weight[c], bias[c])
-
-
-@cuda.jit
-def _bn_normalize_kernel(
-    x,  # input, flat (outer * C * inner,)
-    mean,  # input, (C,)
-    invstd,  # input, (C,)
-    weight,  # input, (C,)
-    bias,  # input, (C,)
-    y,  # output, flat like x
-    inner,  # elements per (n, c) row (1: channels-last)
-):
-    """``y = (x − mean)·(invstd·weight) + bias``: reads x once, writes y once.
-
-    The per-channel operands are read through L1 (broadcast in NCHW, coalesced in
-    channels-last).
-    """
-    operands = (mean, invstd, weight, bias)
-    _channel_map(_normalize_element, x, x, operands, False, y, inner, mean.size, True, False)
-
-
-# --- backward ---------------------------------------------------------------------
-
-
-@cuda.jit
-def _bn_grad_kernel(
-    dy,  # input, flat (outer * C * inner,)
-    x,  # input, flat like dy
-    mean,  # input, (C,)
-    partials,  # output, (2, P, C): Σdy and Σdy·(x − mean) of chunk p of channel c
-    inner,  # elements per (n, c) row (1: channels-last)
-    chunk,  # channel elements per block row p: [p·chunk, (p+1)·chunk)
-):
-    """Partial sums ``Σdy``, ``Σdy·(x − mean)`` of one chunk of ``blockDim.x`` adjacent
-    channels into ``partials[:, p, c]``."""
-    nch = partials.shape[2]
-    c, j, hi, i, a, stride, dr, da, wrap = _channel_start(inner, nch, chunk, x.size // nch)
-    s_dy = x.dtype.type(0)
-    s_dyx = x.dtype.type(0)
-    mc = mean[min(c, nch - 1)]
-    while j < hi:
-        for _ in range(_UNROLL):
-            if j < hi:
-                g = dy[np.uint64(a)]
-                s_dy += g
-                s_dyx += g * (x[np.uint64(a)] - mc)
-            j += stride
-            i, a = _channel_step(i, a, dr, da, inner, wrap)
-
-    smem = cuda.shared.array((MAX_WARPS, WARP_SIZE), x.dtype)
-    width = np.int64(cuda.blockDim.x)
-    s_dy = block_sum(s_dy, width, smem)
-    s_dyx = block_sum(s_dyx, width, smem)
-    if cuda.threadIdx.y == 0 and c < nch:
-        p = cuda.blockIdx.y
-        partials[0, p, c] = s_dy
-        partials[1, p, c] = s_dyx
-
-
 @cuda.jit
 def _bn_grad_finalize_kernel(
     partials,  # input, (2, P, C)
@@ -345,29 +378,27 @@ def _bn_grad_finalize_kernel(
         )
 
 
-@cuda.jit(device=True, inline="always")
-def _dx_element(g, v, c, operands, training):
-    """``rules.batch_norm_grad_input``; ``operands = (mean, coef)``."""
-    mean, coef = operands
-    return _grad_input(g, v, mean[c], coef[0, c], coef[1, c], coef[2, c], training)
+# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16): the
+# registry's names (kernels/cuda/gate.py).
+_KERNELS = _formats.specialize(_data_kernels)
+_bn_stats_kernel = _KERNELS["float"]["stats"]
+_bn_normalize_kernel = _KERNELS["float"]["normalize"]
+_bn_grad_kernel = _KERNELS["float"]["grad"]
+_bn_dx_kernel = _KERNELS["float"]["dx"]
+_bn_stats_float16_kernel = _KERNELS["float16"]["stats"]
+_bn_normalize_float16_kernel = _KERNELS["float16"]["normalize"]
+_bn_grad_float16_kernel = _KERNELS["float16"]["grad"]
+_bn_dx_float16_kernel = _KERNELS["float16"]["dx"]
+_bn_stats_bfloat16_kernel = _KERNELS["bfloat16"]["stats"]
+_bn_normalize_bfloat16_kernel = _KERNELS["bfloat16"]["normalize"]
+_bn_grad_bfloat16_kernel = _KERNELS["bfloat16"]["grad"]
+_bn_dx_bfloat16_kernel = _KERNELS["bfloat16"]["dx"]
 
 
-@cuda.jit
-def _bn_dx_kernel(
-    dy,  # input, flat (outer * C * inner,)
-    x,  # input, flat like dy (not read when not training)
-    mean,  # input, (C,)
-    coef,  # input, (3, C): a, b, d from _bn_grad_finalize_kernel
-    dx,  # output, flat like dy
-    inner,  # elements per (n, c) row (1: channels-last)
-    training,  # differentiate through the batch statistics
-):
-    """Training: ``dx = a·dy − b·(x − mean) − d``; eval: ``dx = a·dy``.
-
-    Reads dy (and x when training) once, writes dx once.
-    """
-    operands = (mean, coef)
-    _channel_map(_dx_element, x, dy, operands, training, dx, inner, mean.size, training, True)
+def _kernel(op: str, fmt: str | None):
+    """The ``op`` kernel of the storage format ``fmt`` (None: float arrays), looked up by
+    its registry name (which tests may wrap)."""
+    return globals()[f"_bn_{op}_kernel" if fmt is None else f"_bn_{op}_{fmt}_kernel"]
 
 
 # --- launchers --------------------------------------------------------------------
@@ -415,7 +446,7 @@ def _flat_grid(total: int) -> tuple[int, int]:
 
 def batch_norm_forward(
     x, weight, bias, running_mean, running_var, y, mean, invstd,
-    training, update_running, momentum, eps, stream=None,
+    training, update_running, momentum, eps, stream=None, fmt=None,
 ):  # fmt: skip
     """Batch-normalize ``x`` (C-contiguous ``(outer, C, inner)``) per channel into ``y``.
 
@@ -432,13 +463,17 @@ def batch_norm_forward(
         training, update_running: bools (``update_running`` implies ``training``).
         momentum, eps: floats, cast to ``x.dtype``.
         stream: a numba stream, or 0/None for the default stream.
+        fmt: "float16" or "bfloat16": ``x`` and ``y`` are uint16 bits of that format and
+            the ``(C,)`` arrays float32 (torch's mixed rule), everything computed in
+            float32 and ``y`` rounded once; None: float arrays of one dtype.
     """
     stream = 0 if stream is None else stream
-    dtype = x.dtype
+    dtype = mean.dtype  # the compute dtype: x.dtype, float32 for 16-bit x
     nch = x.shape[1]
     flat_x = x.reshape(x.size)
     if training:
-        partials = _channel_partials(_bn_stats_kernel, (flat_x,), 3, x.shape, dtype, stream)
+        stats = _kernel("stats", fmt)
+        partials = _channel_partials(stats, (flat_x,), 3, x.shape, dtype, stream)
     else:
         partials = cuda.device_array((3, 0, nch), dtype, stream=stream)
     grid, block = _finalize_grid(nch)
@@ -448,13 +483,13 @@ def batch_norm_forward(
         dtype.type(momentum), dtype.type(eps),
     )  # fmt: skip
     grid, block = _flat_grid(x.size)
-    _bn_normalize_kernel[grid, block, stream](
+    _kernel("normalize", fmt)[grid, block, stream](
         flat_x, mean, invstd, weight, bias, y.reshape(y.size), x.shape[2]
     )
 
 
 def batch_norm_backward(
-    dy, x, weight, mean, invstd, dx, dweight, dbias, training, stream=None
+    dy, x, weight, mean, invstd, dx, dweight, dbias, training, stream=None, fmt=None
 ):  # fmt: skip
     """Gradients of batch normalization over C-contiguous ``(outer, C, inner)`` arrays.
 
@@ -468,14 +503,15 @@ def batch_norm_backward(
         weight, mean, invstd, dweight, dbias: ``(C,)`` device arrays of ``x.dtype``.
         training: whether the forward pass normalized with the batch statistics.
         stream: a numba stream, or 0/None for the default stream.
+        fmt: as in :func:`batch_norm_forward` (``dy``, ``x``, ``dx`` stored as ``fmt``).
     """
     stream = 0 if stream is None else stream
-    dtype = x.dtype
+    dtype = invstd.dtype  # the compute dtype
     outer, nch, inner = x.shape
     flat_dy = dy.reshape(dy.size)
     flat_x = x.reshape(x.size)
     partials = _channel_partials(
-        _bn_grad_kernel, (flat_dy, flat_x, mean), 2, x.shape, dtype, stream
+        _kernel("grad", fmt), (flat_dy, flat_x, mean), 2, x.shape, dtype, stream
     )
     coef = cuda.device_array((3, nch), dtype, stream=stream)
     grid, block = _finalize_grid(nch)
@@ -483,6 +519,6 @@ def batch_norm_backward(
         partials, weight, invstd, dtype.type(outer * inner), dweight, dbias, coef
     )
     grid, block = _flat_grid(x.size)
-    _bn_dx_kernel[grid, block, stream](
+    _kernel("dx", fmt)[grid, block, stream](
         flat_dy, flat_x, mean, coef, dx.reshape(dx.size), inner, bool(training)
     )

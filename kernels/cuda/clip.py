@@ -10,7 +10,8 @@ Layout: a 1-D grid-stride loop over at most the resident blocks, as in
 ``kernels/cuda/optim.py``; each trip loads ``_UNROLL`` elements per thread, ``stride``
 apart (coalesced), before using any. ``_norm_partials_kernel`` accumulates in float64
 and reduces each block through shared memory in a fixed order: the same bits for the
-same grid.
+same grid. One kernel per storage format (``_formats``): float16/bfloat16 grads (uint16
+bits) are loaded to float32 (exact) and scaled or clamped in float32, rounded once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from numba import cuda
 
 from .. import rules
+from . import _formats
 from ._launch import grid_blocks, launch
 from ._reduce import MAX_WARPS, WARP_SIZE
 
@@ -49,12 +51,13 @@ def _load_strided(x, i, stride, vals):
             vals[u] = x[np.uint64(k)]
 
 
-@cuda.jit
-def _norm_partials_kernel(
+@cuda.jit(device=True, inline="always")
+def _norm_partials(
     grad,  # input, (n,)
     out,  # output, float64 (grid,): block b's partial
     mode,  # int64: NORM_* of kernels/rules.py
     p,  # float64: the exponent of NORM_POW
+    load,  # the storage format's load (_formats)
 ):
     """Per block, in float64: ``max |g|``, ``min |g|`` (NaN if any g is NaN) or
     ``Σ|g|^p``; reads g once (4 B/elem in float32).
@@ -65,13 +68,13 @@ def _norm_partials_kernel(
     n = grad.size
     i = cuda.grid(1)
     stride = cuda.gridsize(1)
-    vals = cuda.local.array(_NORM_UNROLL, grad.dtype)
+    vals = cuda.local.array(_NORM_UNROLL, grad.dtype)  # stored values (16-bit: bits)
     acc = _identity(mode)
     while i < n:
         _load_strided(grad, i, stride, vals)
         for u in range(_NORM_UNROLL):
             if i + u * stride < n:
-                acc = _combine(acc, _term(np.float64(vals[u]), mode, p), mode)
+                acc = _combine(acc, _term(np.float64(load(vals[u])), mode, p), mode)
         i += _NORM_UNROLL * stride
 
     # Lane k of warp 0 combines the threads k, k + 32, ..., then thread 0 those 32: two
@@ -106,11 +109,12 @@ def _clamp(v, lo, hi):
 
 
 @cuda.jit(device=True, inline="always")
-def _map_in_place(x, op, a, b):
+def _map_in_place(x, op, a, b, load, store):
     """``x[k] ← op(x[k], a, b)`` over this thread's elements, ``_UNROLL`` loads in flight.
 
     ``op`` is a device function: Numba compiles a copy of this loop for each one (inlined,
-    the registers of a hand-written kernel), so the kernels share their scaffolding.
+    the registers of a hand-written kernel), so the kernels share their scaffolding;
+    ``load`` and ``store`` are the storage format's (``_formats``).
     """
     n = x.size
     i = cuda.grid(1)
@@ -121,28 +125,65 @@ def _map_in_place(x, op, a, b):
         for u in range(_UNROLL):
             k = i + u * stride
             if k < n:
-                x[np.uint64(k)] = op(vals[u], a, b)
+                x[np.uint64(k)] = store(op(load(vals[u]), a, b))
         i += _UNROLL * stride
 
 
-@cuda.jit
-def _scale_kernel(
-    x,  # in/out, (n,)
-    coef,  # x.dtype scalar
-):
-    """``x ← x·coef``, one rounding per element: reads and writes x (8 B/elem in float32)."""
-    _map_in_place(x, _scale, coef, coef)
+def _clip_kernels(load, store, compute):
+    """The norm-partials, scale and clamp kernels of one storage format (``_formats``)."""
+
+    @cuda.jit
+    def norm_partials_kernel(
+        grad,  # input, (n,)
+        out,  # output, float64 (grid,): block b's partial
+        mode,  # int64: NORM_* of kernels/rules.py
+        p,  # float64: the exponent of NORM_POW
+    ):
+        """:func:`_norm_partials` of this format."""
+        _norm_partials(grad, out, mode, p, load)
+
+    @cuda.jit
+    def scale_kernel(
+        x,  # in/out, (n,)
+        coef,  # compute-dtype scalar (x.dtype; float32 for 16-bit x)
+    ):
+        """``x ← x·coef``, one rounding per element: reads and writes x (8 B/elem in
+        float32)."""
+        _map_in_place(x, _scale, coef, coef, load, store)
+
+    @cuda.jit
+    def clamp_kernel(
+        x,  # in/out, (n,)
+        lo,  # compute-dtype scalar (x.dtype; float32 for 16-bit x)
+        hi,  # compute-dtype scalar
+    ):
+        """``x ← min(max(x, lo), hi)``, NaN kept (``hi`` when ``lo > hi``, like np.clip
+        and torch.clamp_): reads and writes x (8 B/elem in float32)."""
+        _map_in_place(x, _clamp, lo, hi, load, store)
+
+    return {"norm_partials": norm_partials_kernel, "scale": scale_kernel, "clamp": clamp_kernel}
 
 
-@cuda.jit
-def _clamp_kernel(
-    x,  # in/out, (n,)
-    lo,  # x.dtype scalar
-    hi,  # x.dtype scalar
-):
-    """``x ← min(max(x, lo), hi)``, NaN kept (``hi`` when ``lo > hi``, like np.clip and
-    torch.clamp_): reads and writes x (8 B/elem in float32)."""
-    _map_in_place(x, _clamp, lo, hi)
+# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16): the
+# registry's names (kernels/cuda/gate.py).
+_KERNELS = _formats.specialize(_clip_kernels)
+_norm_partials_kernel = _KERNELS["float"]["norm_partials"]
+_scale_kernel = _KERNELS["float"]["scale"]
+_clamp_kernel = _KERNELS["float"]["clamp"]
+_norm_partials_float16_kernel = _KERNELS["float16"]["norm_partials"]
+_scale_float16_kernel = _KERNELS["float16"]["scale"]
+_clamp_float16_kernel = _KERNELS["float16"]["clamp"]
+_norm_partials_bfloat16_kernel = _KERNELS["bfloat16"]["norm_partials"]
+_scale_bfloat16_kernel = _KERNELS["bfloat16"]["scale"]
+_clamp_bfloat16_kernel = _KERNELS["bfloat16"]["clamp"]
+
+
+def _storage(dtype, fmt):
+    """The kernel of ``op`` for data of ``dtype`` stored as ``fmt`` (None: as itself),
+    looked up by its registry name (which tests may wrap), and the compute type."""
+    if fmt is None:
+        return (lambda op: globals()[f"_{op}_kernel"]), dtype.type
+    return (lambda op: globals()[f"_{op}_{fmt}_kernel"]), np.float32
 
 
 # --- launchers --------------------------------------------------------------------
@@ -156,7 +197,7 @@ def norm_partials_blocks(n: int) -> int:
     return grid_blocks(int(n))
 
 
-def norm_partials(grad, out, norm_type, stream=None) -> None:
+def norm_partials(grad, out, norm_type, stream=None, fmt=None) -> None:
     """Per-block partials of the ``norm_type`` norm of ``grad``, in float64, into ``out``:
     ``max |g|`` (inf), ``min |g|`` (-inf), NaN propagating, or ``Σ|g|^p`` (finite p > 0).
 
@@ -164,34 +205,43 @@ def norm_partials(grad, out, norm_type, stream=None) -> None:
     ``Σ rows ^ (1/p)`` (deterministic). One launch, nothing when ``grad`` is empty.
 
     Args:
-        grad: 1-D contiguous float32 or float64 device array.
+        grad: 1-D contiguous float32 or float64 device array, or uint16 bits of
+            float16/bfloat16.
         out: float64 device array ``(norm_partials_blocks(grad.size),)``, contiguous.
         norm_type: inf, -inf or a finite p > 0 (the caller rejects the rest).
         stream: a numba stream, or None for the default stream.
+        fmt: "float16" or "bfloat16" for a uint16 ``grad``; None for a float one.
     """
     mode, p = rules.norm_mode(norm_type)
-    launch(_norm_partials_kernel, grad.size, (grad, out, mode, np.float64(p)), stream)
+    kernels, _ = _storage(grad.dtype, fmt)
+    launch(kernels("norm_partials"), grad.size, (grad, out, mode, np.float64(p)), stream)
 
 
-def scale_(x, coef, stream=None) -> None:
-    """``x *= coef`` in place, ``coef`` cast to ``x.dtype`` (one multiply per element).
+def scale_(x, coef, stream=None, fmt=None) -> None:
+    """``x *= coef`` in place, ``coef`` cast to the compute dtype (one multiply per
+    element, rounded once to the storage format).
 
     Args:
-        x: 1-D contiguous float32 or float64 device array.
+        x: 1-D contiguous float32 or float64 device array, or uint16 bits of
+            float16/bfloat16 (computed in float32).
         coef: float.
         stream: a numba stream, or None for the default stream.
+        fmt: "float16" or "bfloat16" for a uint16 ``x``; None for a float one.
     """
-    launch(_scale_kernel, x.size, (x, x.dtype.type(coef)), stream)
+    kernels, f = _storage(x.dtype, fmt)
+    launch(kernels("scale"), x.size, (x, f(coef)), stream)
 
 
-def clamp_(x, lo, hi, stream=None) -> None:
+def clamp_(x, lo, hi, stream=None, fmt=None) -> None:
     """``x = min(max(x, lo), hi)`` in place, ``lo`` and ``hi`` cast to ``x.dtype``; NaN
     stays NaN (torch.clamp_, np.clip).
 
     Args:
-        x: 1-D contiguous float32 or float64 device array.
+        x: 1-D contiguous float32 or float64 device array, or uint16 bits of
+            float16/bfloat16 (compared in float32).
         lo, hi: floats (±inf for no bound).
         stream: a numba stream, or None for the default stream.
+        fmt: "float16" or "bfloat16" for a uint16 ``x``; None for a float one.
     """
-    f = x.dtype.type
-    launch(_clamp_kernel, x.size, (x, f(lo), f(hi)), stream)
+    kernels, f = _storage(x.dtype, fmt)
+    launch(kernels("clamp"), x.size, (x, f(lo), f(hi)), stream)

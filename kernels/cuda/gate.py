@@ -46,6 +46,7 @@ class KernelSpec:
     signature: str  # numba signature, "{t}" for the dtype
     dtypes: tuple[str, ...] = _F32_F64
     accumulates: str | None = None  # dtype it computes in, when not the launch dtype
+    sixteen_bit: bool = False  # loads or stores 16-bit floats: its PTX must show u16 access
 
     @property
     def id(self) -> str:
@@ -61,6 +62,11 @@ def _sig(*args: str) -> str:
 _A1, _A3, _T = "{t}[::1]", "{t}[:, :, ::1]", "{t}"
 _I, _B, _DIMS = "int64", "boolean", "UniTuple(int64, 4)"
 _I1, _I2D, _T2D, _U2D = "int64[::1]", "int64[:, ::1]", "{t}[:, ::1]", "uint8[:, ::1]"
+# A 16-bit kernel's row: launched with uint16 bits for "{t}" (``_F``: a float32 scalar);
+# its PTX must show 16-bit accesses, and, computing in float32, no float64.
+_F, _F1, _F3 = "float32", "float32[::1]", "float32[:, :, ::1]"
+_SIXTEEN_BIT_ROW = {"dtypes": ("uint16",), "sixteen_bit": True}
+_SIXTEEN_BIT_F32 = {**_SIXTEEN_BIT_ROW, "accumulates": "float32"}
 
 KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("batchnorm", "_bn_stats_kernel", _sig(_A1, _A3, _I, _I)),
@@ -71,7 +77,8 @@ KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("batchnorm", "_bn_grad_kernel", _sig(_A1, _A1, _A1, _A3, _I, _I)),
     KernelSpec("batchnorm", "_bn_grad_finalize_kernel", _sig(_A3, _A1, _A1, _T, _A1, _A1, _T2D)),
     KernelSpec("batchnorm", "_bn_dx_kernel", _sig(_A1, _A1, _A1, _T2D, _A1, _I, _B)),
-    KernelSpec("copy", "_gather_kernel", _sig(_A1, _A1, _DIMS, _DIMS, _I)),
+    # Data movement: also the uint16 bits of float16/bfloat16 arrays (u16 access checked).
+    KernelSpec("copy", "_gather_kernel", _sig(_A1, _A1, _DIMS, _DIMS, _I), (*_F32_F64, "uint16")),
     KernelSpec(
         "clip",
         "_norm_partials_kernel",
@@ -83,11 +90,78 @@ KERNELS: tuple[KernelSpec, ...] = (
     KernelSpec("random", "_dropout_kernel", _sig(_A1, _A1, _I, _T, "uint64", "uint64")),
     KernelSpec("random", "_uniform_kernel", _sig(_A1, _T, _T, "uint64", "uint64")),
     KernelSpec("random", "_normal_kernel", _sig(_A1, _T, _T, "uint64", "uint64")),
-    # The optimizer steps, one per rule spec: (segments, offsets, first segment per unit,
-    # scalars, flags, chunk).
+    # Their float16 / bfloat16 kernels: uint16 bits ("{t}") in and out, float32 scalars,
+    # computed in float32 (the norm partials in float64, as for every dtype). Batch norm's
+    # per-channel arrays and partials are float32 (the finalize kernels' float32 rows).
     *(
-        KernelSpec("optim", f"_{name}_kernel", _sig(_I2D, _I1, _I1, _T2D, _U2D, _I))
-        for name in specs.SPECS
+        spec
+        for fmt in ("float16", "bfloat16")
+        for spec in (
+            KernelSpec(
+                "batchnorm",
+                f"_bn_stats_{fmt}_kernel",
+                _sig(_A1, _F3, _I, _I),
+                **_SIXTEEN_BIT_F32,
+            ),
+            KernelSpec(
+                "batchnorm",
+                f"_bn_normalize_{fmt}_kernel",
+                _sig(_A1, _F1, _F1, _F1, _F1, _A1, _I),
+                **_SIXTEEN_BIT_F32,
+            ),
+            KernelSpec(
+                "batchnorm",
+                f"_bn_grad_{fmt}_kernel",
+                _sig(_A1, _A1, _F1, _F3, _I, _I),
+                **_SIXTEEN_BIT_F32,
+            ),
+            KernelSpec(
+                "batchnorm",
+                f"_bn_dx_{fmt}_kernel",
+                _sig(_A1, _A1, _F1, "float32[:, ::1]", _A1, _I, _B),
+                **_SIXTEEN_BIT_F32,
+            ),
+            KernelSpec(
+                "clip",
+                f"_norm_partials_{fmt}_kernel",
+                _sig(_A1, "float64[::1]", _I, "float64"),
+                **_SIXTEEN_BIT_ROW,
+                accumulates="float64",
+            ),
+            KernelSpec("clip", f"_scale_{fmt}_kernel", _sig(_A1, _F), **_SIXTEEN_BIT_F32),
+            KernelSpec("clip", f"_clamp_{fmt}_kernel", _sig(_A1, _F, _F), **_SIXTEEN_BIT_F32),
+            KernelSpec(
+                "random",
+                f"_dropout_{fmt}_kernel",
+                _sig(_A1, _A1, _I, _F, "uint64", "uint64"),
+                **_SIXTEEN_BIT_F32,
+            ),
+            KernelSpec(
+                "random",
+                f"_uniform_{fmt}_kernel",
+                _sig(_A1, _F, _F, "uint64", "uint64"),
+                **_SIXTEEN_BIT_F32,
+            ),
+            KernelSpec(
+                "random",
+                f"_normal_{fmt}_kernel",
+                _sig(_A1, _F, _F, "uint64", "uint64"),
+                **_SIXTEEN_BIT_F32,
+            ),
+        )
+    ),
+    # The optimizer steps, one per rule spec and storage: (segments, offsets, first segment
+    # per unit, scalars, flags, chunk). 16-bit storages compute in float32.
+    *(
+        KernelSpec(
+            "optim",
+            specs.kernel_name(spec, storage),
+            _sig(_I2D, _I1, _I1, _T2D, _U2D, _I),
+            dtypes=_F32_F64 if storage == specs.DEFAULT else ("float32",),
+            sixteen_bit=storage != specs.DEFAULT,
+        )
+        for spec in specs.SPECS.values()
+        for storage in specs.STORAGES
     ),
 )
 
@@ -111,11 +185,20 @@ def _instructions(ptx: str) -> list[str]:
     return [s for s in (line.strip() for line in ptx.splitlines()) if s and not s.startswith("//")]
 
 
-def check_ptx(ptx: str, dtype: str) -> dict[str, list[str]]:
-    """The offending PTX lines: ``{"f64": [...], "local": [...]}`` (empty lists pass)."""
+_GLOBAL_U16 = re.compile(r"\b(ld|st)\.global(\.\w+)*\.[ub]16\b")
+
+
+def check_ptx(ptx: str, dtype: str, sixteen_bit: bool = False) -> dict[str, list[str]]:
+    """The offending PTX lines: ``{"f64": [...], "local": [...]}`` (empty lists pass);
+    with ``sixteen_bit``, ``"u16"`` is ``["no 16-bit global load or store"]`` when the
+    PTX has none (the 16-bit data would be read as something else)."""
     lines = _instructions(ptx)
     f64 = [s for s in lines if _F64.search(s)] if dtype == "float32" else []
-    return {"f64": f64, "local": [s for s in lines if _LOCAL.search(s)]}
+    result = {"f64": f64, "local": [s for s in lines if _LOCAL.search(s)]}
+    if sixteen_bit:
+        found = any(_GLOBAL_U16.search(s) for s in lines)
+        result["u16"] = [] if found else ["no 16-bit global load or store"]
+    return result
 
 
 _PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
@@ -152,7 +235,7 @@ def ptxas_info(ptx: str) -> dict[str, int] | None:
     }
 
 
-def compile_case(pyfunc, signature: str, dtype: str) -> dict:
+def compile_case(pyfunc, signature: str, dtype: str, sixteen_bit: bool = False) -> dict:
     """Compile ``pyfunc`` (a kernel's Python function) for ``CC`` and check the result."""
     from numba import cuda
 
@@ -161,7 +244,7 @@ def compile_case(pyfunc, signature: str, dtype: str) -> dict:
         ptxas = ptxas_info(ptx)
     except Exception as exc:  # reported, not raised: one report covers every kernel
         return {"error": f"{type(exc).__name__}: {exc}", "f64": [], "local": [], "ptxas": None}
-    return {"error": None, **check_ptx(ptx, dtype), "ptxas": ptxas}
+    return {"error": None, **check_ptx(ptx, dtype, sixteen_bit), "ptxas": ptxas}
 
 
 def unregistered(kernels=KERNELS) -> list[str]:
@@ -183,10 +266,12 @@ def run(kernels=KERNELS) -> dict:
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         raise RuntimeError("the PTX gate needs the real compiler: unset NUMBA_ENABLE_CUDASIM")
     results = []
-    accumulates = {k.id: k.accumulates for k in kernels}
+    rows = {k.id: k for k in kernels}
     for kernel_id, dtype, signature in cases(kernels):
-        checked = accumulates[kernel_id] or dtype
-        result = compile_case(kernel(kernel_id).py_func, signature, checked)
+        row = rows[kernel_id]
+        checked = row.accumulates or dtype
+        sixteen_bit = row.sixteen_bit or dtype == "uint16"
+        result = compile_case(kernel(kernel_id).py_func, signature, checked, sixteen_bit)
         results.append({"kernel": kernel_id, "dtype": dtype, "signature": signature, **result})
     return {"cases": results, "unregistered": unregistered(kernels)}
 
@@ -196,7 +281,7 @@ def passed(case: dict) -> bool:
     spilled = case["ptxas"] is not None and (
         case["ptxas"]["spill_bytes"] or case["ptxas"]["stack_bytes"]
     )
-    return not (case["error"] or case["f64"] or case["local"] or spilled)
+    return not (case["error"] or case["f64"] or case["local"] or case.get("u16") or spilled)
 
 
 def failed(report: dict) -> bool:

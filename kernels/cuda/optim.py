@@ -26,7 +26,7 @@ import numpy as np
 from numba import config as numba_config
 from numba import cuda
 
-from .. import _codegen, config, specs
+from .. import _codegen, config, philox, rules, specs
 from ._launch import resident_blocks
 
 # Elements per column each thread loads before it stores any (loads in flight). A
@@ -36,6 +36,7 @@ from ._launch import resident_blocks
 _UNROLL = 2
 
 _RULES = specs.compiled_rules(cuda.jit(device=True, inline="always"))
+_stream_word = philox.compiled(cuda.jit(device=True, inline="always")).stream_word
 
 
 class _HostPointer:
@@ -60,60 +61,82 @@ class _HostPointer:
 if numba_config.ENABLE_CUDASIM:
 
     def _address_as_pointer(address, like):
-        return _HostPointer(address, like.dtype)
+        return _HostPointer(address, np.asarray(like).dtype)
+
+    _bit_casts = (rules.float32_bits, rules.float32_from_bits)
 
 else:
     from numba.cuda.extending import intrinsic
 
     _address_as_pointer = _codegen.address_intrinsic(intrinsic)
+    _bit_casts = _codegen.bitcast_intrinsics(intrinsic)
+
+# The 16-bit conversions with the backend's bit casts (NumPy's scalar views under the
+# simulator, which runs kernels as Python).
+_CONVERSIONS = rules.compiled_conversions(cuda.jit(device=True, inline="always"), *_bit_casts)
 
 
-def _source(spec: specs.RuleSpec) -> str:
-    """The kernel of ``spec``, as Python source."""
-    name, k = spec.name, len(spec.columns)
+def _source(spec: specs.RuleSpec, storage: specs.Storage) -> str:
+    """The kernel of ``spec`` stored as ``storage``, as Python source."""
+    formats = storage.formats(spec)
+    k = len(formats)
     scalars = ", ".join(f"scalars[row, {j}]" for j in range(len(spec.scalars)))
     row_flags = [f"            {f} = flags[row, {j}] != 0" for j, f in enumerate(spec.flags)]
     pointers = [
-        f"            c{c} = _address_as_pointer(segments[s, {c + 1}], scalars)" for c in range(k)
+        f"            c{c} = _address_as_pointer(segments[s, {c + 1}], {_codegen.like(fmt)})"
+        for c, fmt in enumerate(formats)
     ]
-    registers = [f"    x{c} = cuda.local.array(_UNROLL, scalars.dtype)" for c in range(k)]
+    extra = [
+        f"            {column} = segments[s, {k + 1 + e}]"
+        for e, column in enumerate(storage.extra())
+    ]
+    # Registers hold the compute-type values of the columns the rule takes.
+    registers = [
+        f"    x{c} = cuda.local.array(_UNROLL, scalars.dtype)" for c in range(len(spec.columns))
+    ]
     pad = " " * 24  # the element loop's body
-    loads = [f"{pad}x0[u] = c0[j]", f"{pad}x1[u] = c1[j]"] + [
-        f"{pad}x{c}[u] = c{c}[j] if {state.read} else zero"
-        for c, state in enumerate(spec.states, start=2)
-    ]
-    args = ", ".join([*(f"x{c}[u]" for c in range(k)), scalars, *spec.rule_flags])
-    stores = [f"{pad}c0[j] = r[0]"] + [
-        f"{pad}if {state.write}:\n{pad}    c{c}[j] = r[{c - 1}]"
-        for c, state in enumerate(spec.states, start=2)
-    ]
+    loads, stores = _codegen.element_update(
+        spec,
+        storage,
+        lambda c: f"c{c}[j]",
+        lambda c: f"x{c}[u]",
+        "_stream_word(start + j, seed, offset)",
+        scalars,
+        pad,
+    )
     nl = "\n"
     piece = [
         *row_flags,
         *pointers,
+        *extra,
         "            i = a + cuda.threadIdx.x",
         "            while i < b:",
         "                for u in range(_UNROLL):",
         "                    j = i + u * cuda.blockDim.x",
         "                    if j < b:",
-        *loads,
+        *loads[:-1],
         "                for u in range(_UNROLL):",
         "                    j = i + u * cuda.blockDim.x",
         "                    if j < b:",
-        f"                        r = _{name}_rule({args})",
+        loads[-1],
         *stores,
         "                i += _UNROLL * cuda.blockDim.x",
     ]
+    conversions = nl.join(f"_{c} = _CONVERSIONS[{c!r}]" for c in _codegen.CONVERSION_NAMES)
     return f'''
+import numpy as np
 from numba import cuda
 
-_{name}_rule = _RULES["{name}"]
+_{spec.name}_rule = _RULES["{spec.name}"]
+{conversions}
 
 
 @cuda.jit
-def _{name}_kernel(segments, offsets, first_segment, scalars, flags, chunk):
-    """``rules.{name}`` over every segment (see the module docstring)."""
+def {specs.kernel_name(spec, storage)}(segments, offsets, first_segment, scalars, flags, chunk):
+    """``rules.{spec.name}`` over every segment (see the module docstring)."""
     zero = scalars.dtype.type(0)
+    f32_like = np.float32(0)
+    bits_like = np.uint16(0)
     total = offsets[offsets.size - 1]
 {nl.join(registers)}
     unit = cuda.blockIdx.x
@@ -123,11 +146,27 @@ def _{name}_kernel(segments, offsets, first_segment, scalars, flags, chunk):
 '''
 
 
-for _spec in specs.SPECS.values():
-    _codegen.define(globals(), f"optim_{_spec.name}", _source(_spec))
+def kernel(spec: specs.RuleSpec, storage: specs.Storage = specs.DEFAULT):
+    """The update kernel of ``spec`` for ``storage``, generated on first use."""
+    name = specs.kernel_name(spec, storage)
+    if name not in globals():
+        _codegen.define(globals(), f"optim{name[: -len('_kernel')]}", _source(spec, storage))
+    return globals()[name]
 
 
-def update(spec, segments, offsets, scalars, flags, stream=None):
+def __getattr__(name: str):
+    """A variant's kernel by its name (the PTX gate's rows name them), generated."""
+    variant = specs.variant_of(name)
+    if variant is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return kernel(*variant)
+
+
+for _spec in specs.SPECS.values():  # the float32/float64 kernels, defined at import
+    kernel(_spec)
+
+
+def update(spec, segments, offsets, scalars, flags, stream=None, storage=specs.DEFAULT):
     """One fused step of ``spec`` over a segment table, in place: one launch.
 
     Args:
@@ -135,8 +174,9 @@ def update(spec, segments, offsets, scalars, flags, stream=None):
         segments, offsets, flags: host (NumPy) tables as for the CPU's ``update``; the
             addresses are device addresses of C-contiguous arrays of the scalars' dtype.
             Copied to the device on ``stream``.
-        scalars: host ``(rows, len(spec.scalars))`` array in the param dtype.
+        scalars: host ``(rows, len(spec.scalars))`` array in the compute dtype.
         stream: a numba stream, or None for the default stream.
+        storage: the :class:`pyopt.kernels.specs.Storage` of the tensors.
     """
     if segments.shape[0] == 0 or offsets[-1] == 0:
         return
@@ -145,4 +185,4 @@ def update(spec, segments, offsets, scalars, flags, stream=None):
     stream = cuda.default_stream() if stream is None else stream
     tables = [cuda.to_device(t, stream=stream) for t in (segments, offsets, units, scalars, flags)]
     grid = min(units.size, resident_blocks())
-    globals()[f"_{spec.name}_kernel"][grid, config.CUDA_THREADS, stream](*tables, chunk)
+    kernel(spec, storage)[grid, config.CUDA_THREADS, stream](*tables, chunk)

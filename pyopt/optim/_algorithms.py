@@ -62,6 +62,8 @@ class SGD(_Rule):
     Args:
         params: arrays, a dict name -> array, or param groups (see :class:`Optimizer`).
         lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision (every
+            optimizer takes them; see :class:`~pyopt.optim.Optimizer`).
 
     Example:
         >>> import numpy as np
@@ -87,6 +89,10 @@ class SGD(_Rule):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ):
         super().__init__(params, _hyperparameters(locals()))
 
@@ -122,6 +128,8 @@ class Adam(_Rule):
         params: arrays, a dict name -> array, or param groups (see :class:`Optimizer`).
         lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay: as
             torch (``decoupled_weight_decay=True`` is :class:`AdamW`'s rule).
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision (see
+            :class:`~pyopt.optim.Optimizer`).
     """
 
     _rule = "Adam"
@@ -138,6 +146,10 @@ class Adam(_Rule):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         decoupled_weight_decay: bool = False,
     ):
         defaults = _hyperparameters(locals())
@@ -174,6 +186,10 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ):
         super().__init__(params, **_hyperparameters(locals()), decoupled_weight_decay=True)
 
@@ -201,6 +217,10 @@ class Adagrad(_Rule):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ):
         super().__init__(params, _hyperparameters(locals()))
 
@@ -243,6 +263,10 @@ class RMSprop(_Rule):
         centered: bool = False,
         *,
         maximize: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ):
         super().__init__(params, _hyperparameters(locals()))
 
@@ -278,6 +302,10 @@ class Adadelta(_Rule):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
     ):
         super().__init__(params, _hyperparameters(locals()))
 

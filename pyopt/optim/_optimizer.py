@@ -10,8 +10,10 @@ import numpy as np
 
 from pyopt import _checks, _multi
 from pyopt._backend import (
+    SIXTEEN_BIT,
     backend_of,
     call_for,
+    compute_dtype,
     copy_into,
     dtype_of,
     host_value,
@@ -21,7 +23,58 @@ from pyopt._backend import (
     type_name,
 )
 from pyopt._clip import grad_sumsq
-from pyopt._optim_functional import FLAGS, Part, Plan, check_hyperparameters, run
+from pyopt._optim_functional import (
+    FLAGS,
+    Part,
+    Plan,
+    check_hyperparameters,
+    run,
+    state_dtype_for,
+)
+
+# The mixed-precision options every optimizer takes, with their defaults: group
+# hyperparameters like lr (see Optimizer).
+PRECISION = {"master_weights": False, "state_dtype": None, "stochastic_rounding": False, "seed": 0}
+MASTER = "master_param"  # the state tensor holding a 16-bit param's float32 master copy
+STATE_DTYPES = {None: None, "float32": np.dtype(np.float32), "bfloat16": SIXTEEN_BIT[1]}
+
+
+def state_dtype_name(value: Any) -> str | None:
+    """A ``state_dtype=`` option as its name: None, "float32" or "bfloat16" (a dtype,
+    its name, ``ml_dtypes.bfloat16``; torch dtypes too); else a ``TypeError``."""
+    if value is None:
+        return None
+    name = str(value).removeprefix("torch.")
+    if not isinstance(value, str):
+        try:
+            name = np.dtype(value).name
+        except TypeError:
+            pass
+    if name not in ("float32", "bfloat16"):
+        raise TypeError(f"state_dtype must be None, float32 or bfloat16, got {value!r}")
+    return name
+
+
+def check_precision_options(group: Mapping[str, Any]) -> None:
+    """The mixed-precision options of a param group (:data:`PRECISION`), checked."""
+    master = _checks.flag("master_weights", group["master_weights"])
+    stochastic = _checks.flag("stochastic_rounding", group["stochastic_rounding"])
+    state_dtype_name(group["state_dtype"])
+    seed = _checks.integer("seed", group["seed"], minimum=0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be below 2**63, got {seed}")
+    if master and stochastic:
+        raise ValueError(
+            "stochastic_rounding is for bfloat16 params without a master copy: "
+            "use master_weights=True or stochastic_rounding=True, not both"
+        )
+
+
+def state_dtype(group: Mapping[str, Any], param: np.dtype) -> np.dtype:
+    """The dtype of the group's state for a param of dtype ``param``: its
+    ``state_dtype`` option, else the compute dtype (float32 for 16-bit params)."""
+    chosen = STATE_DTYPES[state_dtype_name(group.get("state_dtype"))]
+    return compute_dtype(param) if chosen is None else chosen
 
 
 class StepResult(NamedTuple):
@@ -61,12 +114,26 @@ class Optimizer:
             or a list of param-group dicts (``{"params": ..., "lr": ...}``, where
             ``params`` may also be one array). All groups named or none; a single array
             as ``params`` itself is a TypeError, as in torch. Arrays are float32 or
-            float64, writeable, sharing no memory, all NumPy (CPU) or all CUDA (CuPy,
+            float64, float16 or bfloat16 (``ml_dtypes.bfloat16`` NumPy arrays, torch
+            tensors), writeable, sharing no memory, all NumPy (CPU) or all CUDA (CuPy,
             Numba, torch), updated in place.
         defaults: the hyperparameters of every group that does not set its own, checked
             as torch checks them when a group is added, and again at every step except
             the sign of ``lr``: a scheduler's rounding of the lr below zero
             (``-5.6e-19``) is a valid value, as in torch.
+
+    Mixed precision (group options, given to every optimizer's constructor):
+
+    * ``master_weights=True``: each float16/bfloat16 param gets a float32 master copy
+      (state ``"master_param"``); the step updates the master in float32 with the
+      gradient upcast and writes the param as the master rounded to nearest even, in the
+      same pass. The params after each step are bit-identical to rounding the params of
+      the float32 optimizer fed the same (upcast) gradients.
+    * ``state_dtype``: None (the compute dtype: float32 for 16-bit params), "float32" or
+      "bfloat16" (half the state memory; for float32 and 16-bit params).
+    * ``stochastic_rounding=True, seed=0``: bfloat16 params without a master are rounded
+      up or down with probability proportional to the distance (Philox keyed by the seed,
+      the param's index and the step: reproducible, the same on CPU and CUDA).
 
     Each group's ``"params"`` list is fixed once added (change it through
     :meth:`add_param_group`); the other entries of ``param_groups`` are read at every
@@ -154,9 +221,13 @@ class Optimizer:
         known = [("the optimizer's params", self._params[0])] if self._params else []
         backend = backend_of([*known, *pairs])
         call = call_for(backend, arrays[0])
+        group["state_dtype"] = state_dtype_name(group["state_dtype"])
         for name, arr in pairs:
-            _checks.float_dtype(name, arr)
+            dtype = _checks.param_dtype(name, arr)
             call.check_inplace(name, arr)
+            chosen = STATE_DTYPES[group["state_dtype"]]
+            if chosen is not None:
+                state_dtype_for(f"{where}: state_dtype", chosen, dtype)
         # A param given twice (or two views of one memory) would be updated twice a step.
         _multi.check_disjoint([*((f"param {i}", p) for i, p in enumerate(self._params)), *pairs])
         # Checked: now the optimizer changes.
@@ -198,6 +269,7 @@ class Optimizer:
         only with ``lr_sign``, when a group is added, as torch checks it: at a step a
         scheduler's rounding (``-5.6e-19`` for a zero lr) is a valid value."""
         check_hyperparameters(self._rule, group, lr_sign=lr_sign)
+        check_precision_options(group)
 
     # --- per-rule hooks ---------------------------------------------------------------
     # Static: they depend on the group's hyperparameters only, and pyopt.torch.optim's
@@ -229,7 +301,8 @@ class Optimizer:
     # --- state ------------------------------------------------------------------------
 
     def _allocate(self, gi: int, name: str) -> None:
-        """Give group ``gi`` the state tensor ``name``: one buffer per dtype, viewed."""
+        """Give group ``gi`` the state tensor ``name``: one buffer per dtype, viewed; the
+        master copies (float32 copies of the 16-bit params) likewise."""
         group, gstate = self.param_groups[gi], self._states[gi]
         params = group["params"]
         call = call_for(self._backend, params[0])
@@ -237,18 +310,30 @@ class Optimizer:
         views: list[Any] = [None] * len(params)
         by_dtype: dict[np.dtype, list[int]] = {}
         for k, p in enumerate(params):
-            by_dtype.setdefault(dtype_of(p), []).append(k)
+            dtype = dtype_of(p)
+            if name == MASTER:
+                if dtype in SIXTEEN_BIT:
+                    by_dtype.setdefault(np.dtype(np.float32), []).append(k)
+            else:
+                by_dtype.setdefault(state_dtype(group, dtype), []).append(k)
         for dtype, members in by_dtype.items():
             sizes = [math.prod(params[k].shape) for k in members]
             flat = call.full((sum(sizes),), fill, dtype)
             start = 0
             for k, size in zip(members, sizes, strict=True):
                 views[k] = flat[start : start + size].reshape(tuple(params[k].shape))
+                if name == MASTER:
+                    copy_into(views[k], to_numpy(params[k]).astype(np.float32))
                 start += size
         gstate.buffers[name] = views
 
+    def _stored_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The state tensors a group keeps: the rule's and, with ``master_weights``, the
+        master copies (None entries for float32/float64 params)."""
+        return (*self._state_names(group), *((MASTER,) if group["master_weights"] else ()))
+
     def _ensure_state(self, gi: int) -> None:
-        for name in self._state_names(self.param_groups[gi]):
+        for name in self._stored_names(self.param_groups[gi]):
             if name not in self._states[gi].buffers:
                 self._allocate(gi, name)
 
@@ -368,6 +453,7 @@ class Optimizer:
         for gi, group in enumerate(self.param_groups):
             params = group["params"]
             mine = grads[start : start + len(params)]
+            first = start
             start += len(params)
             have = [k for k, g in enumerate(mine) if g is not None]
             if not have:
@@ -375,15 +461,21 @@ class Optimizer:
             self._ensure_state(gi)
             gstate = self._states[gi]
             names = self._state_names(group)
+            masters = gstate.buffers.get(MASTER) if group["master_weights"] else None
+            seed = group["seed"] if group["stochastic_rounding"] else None
             if len(have) == len(params):
                 state = {name: gstate.buffers[name] for name in names}
-                parts.append(self._part(group, params, mine, state, gstate.steps, scale))
-                continue
-            steps = gstate.steps[have]
-            state = {name: [gstate.buffers[name][k] for k in have] for name in names}
-            picked = [params[k] for k in have], [mine[k] for k in have]
-            parts.append(self._part(group, *picked, state, steps, scale))
-            partial_steps.append((gstate.steps, have, steps))
+                part = self._part(group, params, mine, state, gstate.steps, scale)
+                streams = first + np.arange(len(params))
+            else:
+                steps = gstate.steps[have]
+                state = {name: [gstate.buffers[name][k] for k in have] for name in names}
+                picked = [params[k] for k in have], [mine[k] for k in have]
+                part = self._part(group, *picked, state, steps, scale)
+                partial_steps.append((gstate.steps, have, steps))
+                masters = None if masters is None else [masters[k] for k in have]
+                streams = first + np.array(have)
+            parts.append(part.with_precision(masters, seed, streams))
         run(self._backend, parts, self._plan)
         for all_steps, have, steps in partial_steps:
             all_steps[have] = steps
@@ -412,7 +504,8 @@ class Optimizer:
                 if self._has_state(gi, k):
                     entry: dict[str, Any] = {"step": int(gstate.steps[k])}
                     for name, views in gstate.buffers.items():
-                        entry[name] = to_numpy(views[k])
+                        if views[k] is not None:  # no master copy of a float32 param
+                            entry[name] = to_numpy(views[k])
                     state[i] = entry
             saved = {key: _plain(value) for key, value in group.items() if key != "params"}
             saved["params"] = indices
@@ -480,9 +573,11 @@ class Optimizer:
                     f"state_dict param_groups[{gi}]['params'] must be {expected} for these "
                     f"params, got {saved.get('params')!r}"
                 )
-            # As torch's __setstate__: flags an older checkpoint lacks default to False.
+            # As torch's __setstate__: flags an older checkpoint lacks default to False;
+            # the precision options a torch (or older) checkpoint lacks stay the group's.
             merged = {
                 **{k: False for k in FLAGS if k in self.defaults},
+                **{k: group[k] for k in PRECISION},
                 **{k: v for k, v in saved.items() if k != "params"},
                 "params": group["params"],
                 **self._forced_on_load,
@@ -493,7 +588,7 @@ class Optimizer:
             if isinstance(merged.get("betas"), list):
                 merged["betas"] = tuple(merged["betas"])
             self._check_group(merged)
-            names = self._state_names(merged)
+            merged["state_dtype"] = state_dtype_name(merged["state_dtype"])
             for k, i in enumerate(expected):
                 entry = saved_state.get(i, saved_state.get(str(i)))
                 if entry is None:
@@ -504,15 +599,23 @@ class Optimizer:
                     )
                 step = self._saved_step(entry, f"state_dict state[{i}]")
                 arrays = {}
+                dtype = dtype_of(params[i])
                 for name in entry:
                     if name == "step":
                         continue
                     where = f"state_dict state[{i}][{name!r}]"
-                    arr = _checks.numeric_host_array(
-                        where, host_value(entry[name]), dtype_of(params[i])
-                    )
+                    if name == MASTER and dtype not in SIXTEEN_BIT:
+                        raise ValueError(f"{where}: a master copy of a {dtype} param")
+                    kept = np.dtype(np.float32) if name == MASTER else state_dtype(merged, dtype)
+                    arr = _checks.numeric_host_array(where, host_value(entry[name]), kept)
                     _checks.shape_is(where, arr, tuple(params[i].shape), "the shape of its param")
                     arrays[name] = arr
+                # A master copy is required of the 16-bit params only.
+                names = (
+                    self._stored_names(merged)
+                    if dtype in SIXTEEN_BIT
+                    else (self._state_names(merged))
+                )
                 absent = [name for name in names if name not in arrays]
                 if absent:
                     raise ValueError(f"state_dict state[{i}] lacks {absent[0]!r}")

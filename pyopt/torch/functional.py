@@ -15,9 +15,11 @@ layout is brought into the input's.
 
 What differs from torch:
 
-- The kernels compute in float32 or float64. A float16/bfloat16 input is computed in
-  float32 (and the result rounded once to the input's dtype) under
-  ``torch.autocast`` for its device type only; outside autocast it is a ``TypeError``.
+- float16/bfloat16 tensors go to the kernels' 16-bit variants as they are (zero-copy,
+  with or without ``torch.autocast``), which compute in float32 and round each result
+  once. Batch norm follows torch's mixed rule: per-channel tensors float32, or of the
+  input's dtype (a model cast with ``.to(torch.bfloat16)``), then computed through
+  float32 copies, as torch computes them, the running statistics written back rounded.
 - Bad arguments raise ``TypeError``/``ValueError`` naming the argument (torch raises
   ``RuntimeError`` for some), before anything is modified.
 - ``dropout`` draws its masks from pyopt's Philox stream keyed by a seed taken from
@@ -41,22 +43,15 @@ from pyopt.torch._tensors import as_array, as_tensor, check_float_tensor
 
 __all__ = ["batch_norm", "dropout"]
 
-# What torch.autocast produces and pyopt's kernels cannot take: computed in float32.
-_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
-def _compute_input(input: Any) -> torch.Tensor:
-    """The tensor the kernels compute on for ``input``: itself when float32/float64; a
-    float32 copy (recorded by autograd) for float16/bfloat16 under autocast; else a
-    ``TypeError`` naming ``input``."""
-    if (
-        isinstance(input, torch.Tensor)
-        and input.dtype in _AUTOCAST_DTYPES
-        and input.layout == torch.strided
-        and torch.is_autocast_enabled(input.device.type)
-    ):
-        return input.float()
-    return check_float_tensor("input", input)
+def _as_float32(input: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-channel tensor as the kernels take it beside ``input``: a float32 copy
+    (recorded by autograd) when both are of one 16-bit dtype, else ``value`` itself."""
+    if value is not None and input.dtype in _SIXTEEN_BIT and value.dtype == input.dtype:
+        return value.float()
+    return value
 
 
 def _memory_order(tensor: torch.Tensor) -> tuple[int, ...]:
@@ -163,16 +158,22 @@ def batch_norm(
     statistics. Differentiable in ``input``, ``weight`` and ``bias``; backward saves
     ``input``, ``weight`` and the per-channel mean and inverse standard deviation.
 
-    Differs from torch: float16/bfloat16 inputs only under ``torch.autocast`` (computed
-    in float32, returned in the input's dtype); ``y`` keeps any gap-free layout of
+    float16/bfloat16 ``input``: per-channel tensors float32 or of ``input``'s dtype (torch's
+    mixed rule); computed in float32, ``y`` and the input gradient rounded once to
+    ``input``'s dtype, statistics and the weight/bias gradients float32 (rounded to the
+    parameters' dtype when they are 16-bit).
+
+    Differs from torch: ``y`` keeps any gap-free layout of
     ``input`` (torch keeps channels_last and channels_last_3d and makes others
     contiguous); ``momentum`` must be in [0, 1] and ``eps`` > 0 also in eval; errors
     are ``TypeError``/``ValueError`` naming the argument, raised before the running
     statistics change.
 
     Args:
-        input: ``(N, C, ...)`` float32/float64 tensor on the CPU or a CUDA device.
-        running_mean: ``(C,)`` running mean of ``input``'s dtype, or None.
+        input: ``(N, C, ...)`` float32/float64/float16/bfloat16 tensor on the CPU or a
+            CUDA device.
+        running_mean: ``(C,)`` running mean of ``input``'s dtype (16-bit ``input``:
+            float32 or ``input``'s dtype), or None.
         running_var: ``(C,)`` running variance, or None (with ``running_mean``).
         weight: ``(C,)`` scale, or None (1).
         bias: ``(C,)`` shift, or None (0).
@@ -186,8 +187,8 @@ def batch_norm(
         ``y``, ``input``'s shape, dtype and layout.
 
     Raises:
-        TypeError: ``input`` or a per-channel tensor not a dense real float32/float64
-            tensor (float16/bfloat16 outside autocast), dtypes that differ, CPU and CUDA
+        TypeError: ``input`` or a per-channel tensor not a dense real float32/float64/
+            float16/bfloat16 tensor, dtypes that differ (beyond the mixed rule), CPU and CUDA
             tensors mixed, non-bool ``training``, non-number ``momentum``/``eps``.
         ValueError: rank below 2, per-channel tensors not of shape ``(C,)``, one value
             per channel in training, eval without running statistics, ``eps`` <= 0,
@@ -200,7 +201,7 @@ def batch_norm(
         >>> y.is_contiguous(memory_format=torch.channels_last)
         True
     """
-    x = _compute_input(input)
+    x = check_float_tensor("input", input)
     if x.dim() < 2:
         raise ValueError(
             f"input must have rank >= 2 (batch and channel axes), got shape {tuple(x.shape)}"
@@ -219,10 +220,14 @@ def batch_norm(
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {x.shape}"
         )
+    stats = [_as_float32(x, running_mean), _as_float32(x, running_var)]
     y = _BatchNormFunction.apply(
-        x, weight, bias, running_mean, running_var, training, momentum, eps
+        x, _as_float32(x, weight), _as_float32(x, bias), *stats, training, momentum, eps
     )
-    return y if x is input else y.to(input.dtype)
+    for running, work in zip((running_mean, running_var), stats, strict=True):
+        if work is not running:  # a 16-bit buffer: the float32 update, rounded once
+            running.copy_(work)
+    return y
 
 
 def _dropout_key(device: torch.device) -> tuple[int, int]:
@@ -279,12 +284,13 @@ def dropout(
     not ``training``, when ``p == 0`` and when it is empty.
 
     Differs from torch: pyopt's Philox masks, not torch's; with ``p = 1`` dropped
-    elements are exactly 0 also where ``input`` is inf or NaN; float16/bfloat16 inputs
-    only under ``torch.autocast`` (computed in float32, returned in the input's dtype);
-    a NaN ``p`` is a ``ValueError`` (a ``RuntimeError`` in torch).
+    elements are exactly 0 also where ``input`` is inf or NaN; a NaN ``p`` is a
+    ``ValueError`` (a ``RuntimeError`` in torch). float16/bfloat16 inputs are scaled in
+    float32 and rounded once, as torch does.
 
     Args:
-        input: float32/float64 tensor of any shape on the CPU or a CUDA device.
+        input: float32/float64/float16/bfloat16 tensor of any shape on the CPU or a CUDA
+            device.
         p: probability of an element being zeroed, in [0, 1].
         training: apply dropout (True) or return ``input`` (False).
         inplace: write the result into ``input`` and return ``input``. torch's checks
@@ -295,8 +301,8 @@ def dropout(
         ``inplace``, when not ``training``, when ``p == 0`` or ``input`` is empty).
 
     Raises:
-        TypeError: ``input`` not a dense real float32/float64 tensor (float16/bfloat16
-            outside autocast), ``p`` not a real number, non-bool ``training``/``inplace``.
+        TypeError: ``input`` not a dense real float32/float64/float16/bfloat16 tensor,
+            ``p`` not a real number, non-bool ``training``/``inplace``.
         ValueError: ``p`` outside [0, 1] or NaN.
 
     Example:
@@ -311,11 +317,11 @@ def dropout(
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     training = _checks.flag("training", training)
     inplace = _checks.flag("inplace", inplace)
-    x = _compute_input(input)
+    x = check_float_tensor("input", input)
     if not training or p == 0.0 or x.numel() == 0:
         return input
     y = _DropoutFunction.apply(x, p, *_dropout_key(x.device))
     if inplace:
         # An autograd-recorded copy: torch checks the in-place write before making it.
         return input.copy_(y)
-    return y if x is input else y.to(input.dtype)
+    return y

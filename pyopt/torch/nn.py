@@ -37,15 +37,16 @@ class _BatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         modifies nothing.
 
         Args:
-            input: the rank the class takes (``_check_input_dim``), float32/float64
-                (float16/bfloat16 under ``torch.autocast``).
+            input: the rank the class takes (``_check_input_dim``), float32/float64, or
+                float16/bfloat16 beside float32 parameters or parameters of its dtype
+                (torch's mixed rule, see :func:`pyopt.torch.functional.batch_norm`).
 
         Returns:
             The normalized tensor, ``input``'s shape, dtype and layout.
 
         Raises:
-            TypeError: ``input`` not a float32/float64 tensor, or one whose dtype
-                differs from the module's.
+            TypeError: ``input`` not a float32/float64/float16/bfloat16 tensor, or one
+                whose dtype differs from the module's beyond the mixed rule.
             ValueError: ``input`` of the wrong rank, or its channel count not
                 ``num_features``; one value per channel in training.
         """
@@ -123,13 +124,13 @@ class Dropout(torch.nn.Dropout):
         """``functional.dropout(input, self.p, self.training, self.inplace)``.
 
         Args:
-            input: float32/float64 tensor of any shape (float16/bfloat16 under autocast).
+            input: float32/float64/float16/bfloat16 tensor of any shape.
 
         Returns:
             The result (``input`` itself in eval, with ``p == 0`` or ``inplace``).
 
         Raises:
-            TypeError: ``input`` not a float32/float64 tensor.
+            TypeError: ``input`` not a float32/float64/float16/bfloat16 tensor.
         """
         return functional.dropout(input, self.p, self.training, self.inplace)
 

@@ -47,9 +47,18 @@ import torch
 
 from pyopt import _checks, _multi
 from pyopt import optim as _pyopt_optim
+from pyopt._backend import dtype_of
 from pyopt._clip import grad_sumsq
-from pyopt._optim_functional import Part, Plan, check_hyperparameters, run
-from pyopt.optim._optimizer import StepResult, _step_count
+from pyopt._optim_functional import Part, Plan, check_hyperparameters, run, state_dtype_for
+from pyopt.optim._optimizer import (
+    MASTER,
+    STATE_DTYPES,
+    StepResult,
+    _step_count,
+    check_precision_options,
+    state_dtype,
+    state_dtype_name,
+)
 from pyopt.torch._tensors import as_array, check_float_tensor
 
 __all__ = ["SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "RMSprop"]
@@ -150,9 +159,17 @@ class _Segment:
     def __len__(self) -> int:
         return len(self.members)
 
-    def allocate(self, name: str, fill: float) -> None:
-        """The flat state buffer ``name``, filled with ``fill``, with its views."""
-        flat = torch.full((self.offsets[-1],), fill, dtype=self.dtype, device=self.device)
+    @property
+    def sixteen_bit(self) -> bool:
+        return self.dtype in (torch.float16, torch.bfloat16)
+
+    def allocate(self, name: str, fill: float, dtype: torch.dtype) -> None:
+        """The flat state buffer ``name`` of ``dtype``, filled with ``fill`` (the master
+        copies: with the params), with its views."""
+        flat = torch.full((self.offsets[-1],), fill, dtype=dtype, device=self.device)
+        if name == MASTER:
+            for view, p in zip(self._views(flat), self.tensors, strict=True):
+                view.copy_(p.detach())
         self.state[name] = flat
         self.state_views[name] = self._views(flat)
         self.state_chunks[name] = self._chunks(flat)
@@ -244,6 +261,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
     """
 
     _rules: ClassVar[type[_pyopt_optim.Optimizer]]
+    # torch.amp.GradScaler.step sets grad_scale and found_inf on the optimizer and calls
+    # step() without unscaling the grads first (as for torch's fused optimizers): the
+    # kernels divide by the scale in the update pass, and a non-finite grad skips the
+    # step. float16 grads work too (torch's own unscale_ refuses them).
+    _step_supports_amp_scaling: ClassVar[bool] = True
     # Whether torch creates this rule's state at construction (Adagrad) or at the first step.
     _state_from_start: ClassVar[bool] = False
     # Whether torch keeps state["step"] for this rule (SGD does not).
@@ -266,7 +288,9 @@ class _FusedOptimizer(torch.optim.Optimizer):
             if group.get(flag, False):
                 raise ValueError(f"{where}{flag}=True is not supported: {why}")
         try:
-            check_hyperparameters(self._rules._rule, _hyperparameters(group), lr_sign=True)
+            hp = _hyperparameters(group)
+            check_hyperparameters(self._rules._rule, hp, lr_sign=True)
+            check_precision_options(hp)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{where}{exc}") from None
 
@@ -315,6 +339,25 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 )
             seen.add(id(p))
         self._check_options(group, where)
+        group["state_dtype"] = state_dtype_name(group["state_dtype"])
+        for k, p in enumerate(params):
+            chosen = STATE_DTYPES[group["state_dtype"]]
+            if chosen is not None:
+                state_dtype_for(f"{where}params[{k}]: state_dtype", chosen, dtype_of(p))
+
+    def _stored_names(self, hp: Mapping[str, Any], segment: _Segment) -> tuple[str, ...]:
+        """The state tensors of ``segment``'s params: the rule's, and the master copies of
+        16-bit params under ``master_weights``."""
+        master = (MASTER,) if hp["master_weights"] and segment.sixteen_bit else ()
+        return (*self._rules._state_names(hp), *master)
+
+    @staticmethod
+    def _state_torch_dtype(hp: Mapping[str, Any], segment: _Segment, name: str) -> torch.dtype:
+        """The dtype of ``segment``'s state tensor ``name`` (see
+        :func:`pyopt.optim._optimizer.state_dtype`)."""
+        if name == MASTER:
+            return torch.float32
+        return getattr(torch, state_dtype(hp, dtype_of(segment.tensors[0])).name)
 
     # --- state ------------------------------------------------------------------------
 
@@ -322,15 +365,17 @@ class _FusedOptimizer(torch.optim.Optimizer):
         """Give members ``ks`` their ``state[p]`` entries (views of the flat buffers),
         allocating the buffers the group's hyperparameters need."""
         hp = _hyperparameters(group)
-        for name in self._rules._state_names(hp):
+        names = self._stored_names(hp, segment)
+        for name in names:
             if name not in segment.state:
-                segment.allocate(name, self._rules._initial_value(name, hp))
+                fill = self._rules._initial_value(name, hp)
+                segment.allocate(name, fill, self._state_torch_dtype(hp, segment, name))
         params = group["params"]
         for k in ks:
             entry = self.state[params[segment.members[k]]]
             if self._keeps_step:
                 entry["step"] = segment.steps[k]
-            for name in self._rules._state_names(hp):
+            for name in names:
                 entry[name] = segment.state_views[name][k]
 
     def _saved_step(self, entry: Mapping[str, Any], where: str) -> int:
@@ -484,17 +529,26 @@ class _FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = self._gather()
-        scale, norm = None, None
+        # Under torch.amp.GradScaler.step (see _step_supports_amp_scaling): the scaler
+        # has found the non-finite grads and leaves the unscaling to this step.
+        amp_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) > 0:
+            self.last_step = StepResult(grad_norm=None, skipped=True)
+            return loss
+        loss_scale = None if amp_scale is None else _checks.positive("grad_scale", float(amp_scale))
+        scale, norm = loss_scale, None
         if max_grad_norm is not None:
             max_grad_norm = _checks.real_scalar("max_grad_norm", max_grad_norm)
             if max_grad_norm < 0:
                 raise ValueError(f"max_grad_norm must be >= 0, got {max_grad_norm}")
             norm, finite = self._norm(work)
+            norm /= loss_scale or 1.0
             if not finite:
                 self.last_step = StepResult(grad_norm=norm, skipped=True)
                 return loss
             coef = max_grad_norm / (norm + 1e-6)
-            scale = 1.0 / coef if coef < 1.0 else None
+            if coef < 1.0:
+                scale = (loss_scale or 1.0) / coef
         # One kernel call per device and dtype for all groups: parts by device, then the
         # step counts written back.
         parts: dict[Any, list[Part]] = {}
@@ -516,19 +570,26 @@ class _FusedOptimizer(torch.optim.Optimizer):
         function that stores its incremented step counts once it has run."""
         segment, group = part.segment, part.group
         hp = _hyperparameters(group)
-        names = self._rules._state_names(hp)
-        if not segment.stated or any(name not in segment.state for name in names):
+        stored = self._stored_names(hp, segment)
+        if not segment.stated or any(name not in segment.state for name in stored):
             fresh = [k for k in part.ks if not self._has_state(group, segment, k)]
             self._init_state(group, segment, fresh)
             segment.steps_host[fresh] = 0  # a param without state has not stepped yet
             segment.stated = all(self._has_state(group, segment, k) for k in range(len(segment)))
+        master = MASTER in stored
+        seed = hp["seed"] if hp["stochastic_rounding"] else None
+        # Stochastic rounding draws from one stream per segment, element k of its flat
+        # space at index k: the same draws through the flat buffers or param by param.
+        stream = self._segment_index(segment)
         if part.whole:
             steps = segment.steps_host[:1].astype(np.int64)
             arrays = segment.arrays
-            state = {name: [segment.state_arrays[name]] for name in names}
+            state = {name: [segment.state_arrays[name]] for name in stored}
             rule = self._rules._part(
                 hp, [arrays["params"]], [arrays["grads"]], state, steps, grad_scale
             )
+            masters = state[MASTER] if master else None
+            rule = rule.with_precision(masters, seed, [stream], [0])
             return rule, lambda: segment.steps_host.__setitem__(slice(None), steps[0])
         steps = segment.steps_host[part.ks].astype(np.int64)
         state = {
@@ -536,10 +597,23 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 segment.state_chunks[name][k] if flat else as_array(segment.state_views[name][k])
                 for k, flat in zip(part.ks, part.flat, strict=True)
             ]
-            for name in names
+            for name in stored
         }
         rule = self._rules._part(hp, part.params, part.grads, state, steps, grad_scale)
+        starts = [segment.offsets[k] for k in part.ks]
+        masters = state[MASTER] if master else None
+        rule = rule.with_precision(masters, seed, [stream] * len(part.ks), starts)
         return rule, lambda: segment.steps_host.__setitem__(part.ks, steps)
+
+    def _segment_index(self, segment: _Segment) -> int:
+        """``segment``'s position among all the optimizer's segments (its random stream)."""
+        index = 0
+        for record in self._groups:
+            for other in record.segments:
+                if other is segment:
+                    return index
+                index += 1
+        raise AssertionError("a segment of another optimizer")
 
     def _has_state(self, group: dict[str, Any], segment: _Segment, k: int) -> bool:
         return group["params"][segment.members[k]] in self.state
@@ -559,11 +633,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
         plan = self._check_state_dict(state_dict)
         super().load_state_dict(state_dict)
         for group, record in zip(self.param_groups, self._groups, strict=True):
+            group["state_dtype"] = state_dtype_name(group["state_dtype"])
             hp = _hyperparameters(group)
             for segment in record.segments:
-                for name in self._rules._state_names(hp):
+                for name in self._stored_names(hp, segment):
                     if name not in segment.state:
-                        segment.allocate(name, self._rules._initial_value(name, hp))
+                        fill = self._rules._initial_value(name, hp)
+                        segment.allocate(name, fill, self._state_torch_dtype(hp, segment, name))
                 segment.stated = False
                 for k, i in enumerate(segment.members):
                     p = group["params"][i]
@@ -573,11 +649,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
                         for name, views in segment.state_views.items():
                             views[k].fill_(self._rules._initial_value(name, hp))
                         continue
-                    step, names = plan[p]
+                    step, saved = plan[p]
                     segment.steps[k] = step
                     entry = self.state[p]
-                    for name in names:
-                        segment.state_views[name][k].copy_(entry[name])
+                    # From the saved tensors: torch's load casts state to the param dtype,
+                    # which would round float32 state and masters of 16-bit params.
+                    for name, value in saved.items():
+                        segment.state_views[name][k].copy_(value)
                         entry[name] = segment.state_views[name][k]
                     if self._keeps_step:
                         entry["step"] = segment.steps[k]
@@ -587,8 +665,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
                     ]
                     self._init_state(group, segment, absent)
 
-    def _check_state_dict(self, state_dict: Any) -> dict[torch.Tensor, tuple[int, list[str]]]:
-        """Per param with saved state: its step count and the state tensors to copy."""
+    def _check_state_dict(
+        self, state_dict: Any
+    ) -> dict[torch.Tensor, tuple[int, dict[str, torch.Tensor]]]:
+        """Per param with saved state: its step count and the saved state tensors to copy
+        (a master copy where the checkpoint has one for a 16-bit param that keeps one)."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         for key in ("state", "param_groups"):
@@ -616,7 +697,8 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 )
             merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
             self._check_options(merged, f"state_dict param_groups[{gi}]: ")
-            names = self._rules._state_names(_hyperparameters(merged))
+            hp = _hyperparameters(merged)
+            names = self._rules._state_names(hp)
             for saved_index, p in zip(saved["params"], params, strict=True):
                 entry = saved_state.get(saved_index)
                 if entry is None:
@@ -630,7 +712,11 @@ class _FusedOptimizer(torch.optim.Optimizer):
                 missing = [name for name in names if entry.get(name) is None]
                 if missing:
                     raise ValueError(f"{where} lacks {missing[0]!r}")
-                for name in names:
+                keeps_master = hp["master_weights"] and p.dtype in (torch.float16, torch.bfloat16)
+                if keeps_master and entry.get(MASTER) is None:
+                    raise ValueError(f"{where} lacks {MASTER!r} (master_weights=True)")
+                copied = [*names, *((MASTER,) if keeps_master else ())]
+                for name in copied:
                     value = entry[name]
                     if not isinstance(value, torch.Tensor):
                         raise TypeError(
@@ -641,7 +727,7 @@ class _FusedOptimizer(torch.optim.Optimizer):
                             f"{where}[{name!r}] has shape {tuple(value.shape)}, its param "
                             f"{tuple(p.shape)}"
                         )
-                plan[p] = (step, list(names))
+                plan[p] = (step, {name: entry[name] for name in copied})
         return plan
 
 
@@ -664,6 +750,8 @@ class SGD(_FusedOptimizer):
         params, lr, momentum, dampening, weight_decay, nesterov, maximize, foreach,
             differentiable, fused: as ``torch.optim.SGD`` (``foreach``/``fused`` change
             nothing; ``differentiable=True`` is refused).
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision, as
+            :class:`pyopt.optim.Optimizer` (see the module docstring).
         flatten: move the params into flat buffers (see the module docstring).
 
     Example:
@@ -694,6 +782,10 @@ class SGD(_FusedOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         flatten: bool = True,
     ):
         super().__init__(params, _defaults(locals()), flatten)
@@ -717,6 +809,8 @@ class Adam(_FusedOptimizer):
             differentiable, fused, decoupled_weight_decay: as ``torch.optim.Adam``
             (``foreach``/``fused`` change nothing; ``capturable``/``differentiable`` True
             are refused).
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision, as
+            :class:`pyopt.optim.Optimizer` (see the module docstring).
         flatten: move the params into flat buffers (see the module docstring).
     """
 
@@ -737,6 +831,10 @@ class Adam(_FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         flatten: bool = True,
     ):
         super().__init__(params, _defaults(locals()), flatten)
@@ -760,6 +858,10 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         flatten: bool = True,
     ):
         super().__init__(
@@ -782,6 +884,8 @@ class Adagrad(_FusedOptimizer):
     Args:
         params, lr, lr_decay, weight_decay, initial_accumulator_value, eps, foreach,
             maximize, differentiable, fused: as ``torch.optim.Adagrad``.
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision, as
+            :class:`pyopt.optim.Optimizer` (see the module docstring).
         flatten: move the params into flat buffers (see the module docstring).
     """
 
@@ -801,6 +905,10 @@ class Adagrad(_FusedOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         flatten: bool = True,
     ):
         super().__init__(params, _defaults(locals()), flatten)
@@ -814,6 +922,8 @@ class RMSprop(_FusedOptimizer):
     Args:
         params, lr, alpha, eps, weight_decay, momentum, centered, capturable, foreach,
             maximize, differentiable: as ``torch.optim.RMSprop``.
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision, as
+            :class:`pyopt.optim.Optimizer` (see the module docstring).
         flatten: move the params into flat buffers (see the module docstring).
     """
 
@@ -833,6 +943,10 @@ class RMSprop(_FusedOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         *,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         flatten: bool = True,
     ):
         super().__init__(params, _defaults(locals()), flatten)
@@ -845,6 +959,8 @@ class Adadelta(_FusedOptimizer):
     Args:
         params, lr, rho, eps, weight_decay, foreach, capturable, maximize,
             differentiable: as ``torch.optim.Adadelta``.
+        master_weights, state_dtype, stochastic_rounding, seed: mixed precision, as
+            :class:`pyopt.optim.Optimizer` (see the module docstring).
         flatten: move the params into flat buffers (see the module docstring).
     """
 
@@ -862,6 +978,10 @@ class Adadelta(_FusedOptimizer):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
         flatten: bool = True,
     ):
         super().__init__(params, _defaults(locals()), flatten)
