@@ -48,16 +48,11 @@ def _channel_layout(shape: tuple[int, ...], axis: Any) -> tuple[int, int, int]:
     return math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1 :])
 
 
-def _channel_dtype(x_dtype: np.dtype) -> np.dtype:
-    """The dtype of the per-channel arrays for an input of ``x_dtype``: its own, float32
-    for float16/bfloat16 (torch's mixed rule)."""
-    return compute_dtype(x_dtype)
-
-
 def _check_channel_vector(name: str, arr: Any, channels: int, x_dtype: np.dtype) -> None:
     if arr is None:
         return
-    dtype = _channel_dtype(x_dtype)
+    # The per-channel arrays are in the compute dtype: x's own, float32 for 16-bit x.
+    dtype = compute_dtype(x_dtype)
     if dtype != x_dtype:
         got = dtype_of(arr)
         if got != dtype:
@@ -146,7 +141,7 @@ def batch_norm(
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
     dtype = _checks.param_dtype("x", x)
-    channel_dtype = _channel_dtype(dtype)
+    channel_dtype = compute_dtype(dtype)
     for name, arr in (
         ("weight", weight),
         ("bias", bias),
@@ -276,7 +271,7 @@ def batch_norm_backward(
     shape = tuple(x.shape)
     outer, channels, inner = _channel_layout(shape, axis)
     dtype = _checks.param_dtype("x", x)
-    channel_dtype = _channel_dtype(dtype)
+    channel_dtype = compute_dtype(dtype)
     _checks.same_dtype("dy", dy, dtype, "x")
     _checks.shape_is("dy", dy, shape, "the shape of x")
     for name, arr in (("weight", weight), ("mean", mean), ("invstd", invstd)):
