@@ -38,7 +38,7 @@ _RULES = specs.compiled_rules(njit(inline="always", cache=True))
 _CONVERSIONS = rules.compiled_conversions(
     njit(inline="always", cache=True), *_codegen.bitcast_intrinsics(intrinsic)
 )
-_philox = philox.compiled(njit(inline="always", cache=True))
+_philox = philox.compiled(njit(cache=True))
 _stream_block, _stream_word = _philox.stream_block, _philox.stream_word
 _address_as_pointer = _codegen.address_intrinsic(intrinsic)
 

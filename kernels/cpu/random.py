@@ -26,7 +26,7 @@ from pyopt.kernels.cpu._launch import parallel_launcher
 _KERNEL_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy"}
 
 # The shared generator and maps (kernels/philox.py), compiled for the CPU.
-_philox = philox.compiled(njit(inline="always", cache=True))
+_philox = philox.compiled(njit(cache=True))
 _philox4x32_10 = _philox.philox4x32_10
 _stream_block = _philox.stream_block
 _dropout = _philox.dropout
