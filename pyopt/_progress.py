@@ -260,7 +260,12 @@ class KernelLoad:
         for dispatcher in self._dispatchers():
             stats = dispatcher.stats
             hits += sum(stats.cache_hits.values())
-            misses += sum(stats.cache_misses.values())
+            # Only misses that were compiled: a kernel that asks for a literal argument
+            # (numba.literally) first misses on the non-literal signature, which is never
+            # compiled (it raises to retry with the literal) and so is not an overload.
+            misses += sum(
+                n for sig, n in stats.cache_misses.items() if tuple(sig) in dispatcher.overloads
+            )
         return hits, misses
 
     def cache_state(self) -> str:

@@ -413,9 +413,11 @@ def test_every_provider_of_the_full_run_sets_up_and_passes_its_check(tiny_shapes
     full = case_module.cases("cpu", False, {family})
     quick = case_module.cases("cpu", True, {family})
     assert quick and set(_providers(quick)) <= set(_providers(full))
-    main = ["pyopt", "torch"] if family == "torch" else ["pyopt", "numpy", "torch"]
+    # --quick: the main providers alone; torch's layers and the 16-bit steps have no
+    # NumPy reference.
+    main = ["pyopt", "torch"] if family in ("torch", "mixed") else ["pyopt", "numpy", "torch"]
     for providers in _providers(quick).values():
-        assert providers == main  # --quick: the main three alone (no array reference in torch)
+        assert providers == main
     for case in full:
         runs, skipped, failed = suite.setup_providers(case, 2)
         assert (skipped, failed) == ({}, {}), (case.op, case.shape)
@@ -425,7 +427,9 @@ def test_every_provider_of_the_full_run_sets_up_and_passes_its_check(tiny_shapes
         expected = {suite.speedup_key(b) for b in case.baseline_order}
         for row in rows:
             assert {k for k in row if k.startswith("speedup_vs_")} == expected
-            assert row["dtype"] == "float32" and row["min_bytes"] == case.min_bytes
+            # The run's dtype (float32), except the mixed family's: its mode names it.
+            dtype = case.dtype if family == "mixed" else "float32"
+            assert row["dtype"] == dtype and row["min_bytes"] == case.min_bytes
 
 
 def test_full_run_providers_and_baselines_per_family(tiny_shapes):
