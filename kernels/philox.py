@@ -5,13 +5,12 @@ and ``kernels/cuda/random.py`` with a CUDA device ``jit`` (:func:`compiled`, thr
 ``rules.compiled``), so both backends draw the same words for the same ``(seed, offset)``
 and map them with the same formulas.
 
-On the CPU they are not ``inline="always"``: LLVM inlines them anyway, while Numba's own
-inlining of this nest of calls (ten rounds, each two ``mulhilo32``) re-labels each
-callee's blocks above every block label the process has used, doubling Numba's global
-label counter per nested inline. Measured on a 2-core EPYC: with it a ``normal_`` kernel
-compiled in twice the time, a 2**24-element float32 ``normal_`` took 2.79 s (0.18 s
-without), and after ~60 random kernels the labels (hundreds of digits) broke LLVM's IR
-parser ("unable to create block named") for every later compile in the process.
+On the CPU they are not ``inline="always"`` (see ``kernels/rules.py``): LLVM inlines them
+anyway, while Numba's own inlining of this nest of calls (ten rounds, each two
+``mulhilo32``) doubled Numba's global block-label counter per nested inline. Measured on a
+2-core EPYC: with it a ``normal_`` kernel compiled in twice the time, a 2**24-element
+float32 ``normal_`` took 2.79 s (0.18 s without), and after ~60 random kernels the labels
+(hundreds of digits) broke LLVM's IR parser for every later compile in the process.
 
 Box-Muller's cos and sin are polynomials here too (:func:`sincos_turns`), so only its log
 differs between backends (libm against libdevice).

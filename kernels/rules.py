@@ -1,8 +1,18 @@
 """Scalar math shared by the CPU and CUDA kernels, written once.
 
-Plain Python functions: ``kernels/cpu`` compiles them with ``njit(inline="always")`` and
-``kernels/cuda`` with ``cuda.jit(device=True, inline="always")``, so the two backends
-differ only in how they schedule work over elements, never in a formula. Literals are
+Plain Python functions: ``kernels/cpu`` compiles them with a plain ``njit`` (with the
+calling kernels' fastmath flags) and ``kernels/cuda`` with ``cuda.jit(device=True,
+inline="always")``, so the two backends differ only in how they schedule work over
+elements, never in a formula.
+
+On the CPU no function that is itself ``inline="always"`` calls an ``inline="always"``
+function: LLVM inlines the small calls anyway, while Numba's own inlining re-labels each
+callee's blocks above every block label the process has used, so each nested inline
+doubles Numba's process-wide label counter. Measured on a 2-core EPYC, cold cache: with
+the rules and conversions inlined into inlined element loops, one stochastic-rounding
+Adam kernel added 8 digits to the counter, and in one pytest process the labels (hundreds
+of digits) broke LLVM's IR parser ("unable to create block named") for every later
+compile; without, the 55 optimizer kernels of every storage leave it at 5 digits. Literals are
 ``np.float32`` so float32 callers stay in float32; float64 callers widen them exactly.
 
 Numba's on-disk CPU cache does not notice edits to this file (it checks only the file of
@@ -120,7 +130,7 @@ def compiled_batch_norm(jit):
 
 
 def compiled(jit, fn, **helpers):
-    """``fn`` compiled by ``jit`` (``njit(inline="always")`` or a CUDA device ``jit``),
+    """``fn`` compiled by ``jit`` (a CPU ``njit`` or a CUDA device ``jit``),
     with the rules it calls bound to their compiled versions ``helpers``.
 
     The rules call one another (``adam`` calls ``lerp`` and ``decayed_grad``) as plain

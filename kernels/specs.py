@@ -257,8 +257,8 @@ def variant_of(name: str) -> tuple[RuleSpec, Storage] | None:
 
 
 def compiled_rules(jit) -> dict[str, object]:
-    """Every spec's rule compiled by ``jit`` (``njit(inline="always")`` or a CUDA device
-    ``jit``), with the helpers it calls bound to their compiled versions."""
+    """Every spec's rule compiled by ``jit`` (a CPU ``njit`` or a CUDA device ``jit``), with the
+    helpers it calls bound to their compiled versions."""
     helpers: dict[str, object] = {}
     for name in HELPERS:  # in order: a helper may call the ones before it
         helpers[name] = rules.compiled(jit, getattr(rules, name), **helpers)

@@ -16,9 +16,7 @@ from numba.extending import intrinsic, overload
 
 from pyopt.kernels import _codegen, rules
 
-_CONVERSIONS = rules.compiled_conversions(
-    njit(inline="always", cache=True), *_codegen.bitcast_intrinsics(intrinsic)
-)
+_CONVERSIONS = rules.compiled_conversions(njit(cache=True), *_codegen.bitcast_intrinsics(intrinsic))
 _F32 = np.dtype(np.float32)
 
 

@@ -56,10 +56,10 @@ from pyopt.kernels.cpu._launch import parallel_launcher
 # Reassociation lets float reductions vectorize. No nnan/ninf: NaN and inf must propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
-# The shared scalar rules (kernels/rules.py), compiled for the CPU.
-_chan_merge = njit(inline="always", cache=True)(rules.chan_merge)
+# The shared scalar rules (kernels/rules.py), compiled for the CPU with the kernels' flags.
+_chan_merge = njit(fastmath=_FASTMATH, cache=True)(rules.chan_merge)
 _normalized, _inverse_std, _batch_norm_statistics, _grad_coefficients, _grad_input = (
-    rules.compiled_batch_norm(njit(inline="always", cache=True))
+    rules.compiled_batch_norm(njit(fastmath=_FASTMATH, cache=True))
 )
 
 # The passes of _nchw_pass and _channels_last_pass, and the rows of their ``params``:

@@ -34,7 +34,7 @@ _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _SIXTEEN_BIT = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
-_rule = functools.partial(rules.compiled, njit(inline="always", cache=True))
+_rule = functools.partial(rules.compiled, njit(fastmath=_SUM_FASTMATH, cache=True))
 _identity = _rule(rules.norm_identity)
 _term = _rule(rules.norm_term)
 _combine = _rule(rules.norm_combine)

@@ -34,10 +34,8 @@ from numba.core.extending import intrinsic
 from pyopt.kernels import _codegen, config, philox, rules, specs
 from pyopt.kernels.cpu._launch import parallel_launcher
 
-_RULES = specs.compiled_rules(njit(inline="always", cache=True))
-_CONVERSIONS = rules.compiled_conversions(
-    njit(inline="always", cache=True), *_codegen.bitcast_intrinsics(intrinsic)
-)
+_RULES = specs.compiled_rules(njit(cache=True))
+_CONVERSIONS = rules.compiled_conversions(njit(cache=True), *_codegen.bitcast_intrinsics(intrinsic))
 _philox = philox.compiled(njit(cache=True))
 _stream_block, _stream_word = _philox.stream_block, _philox.stream_word
 _address_as_pointer = _codegen.address_intrinsic(intrinsic)
@@ -148,40 +146,40 @@ def _stochastic_loop(spec, storage, name, columns, scalars, flags) -> str:
     """The element loop of a stochastic-rounding variant, as source: element ``k`` of the
     stream is lane ``k % 4`` of Philox block ``k // 4``, so the piece's whole blocks take
     one Philox call per 4 elements (its first and last elements, outside whole blocks, a
-    call each)."""
-    loads, stores = _codegen.element_update(
-        spec, storage, lambda c: f"c{c}[i]", lambda c: f"x{c}", "word", scalars, " " * 4
-    )
+    call each).
+
+    The element's update is written out at each of its six uses rather than called as an
+    ``inline="always"`` function: Numba's inlining of a function that is itself inlined
+    doubles its process-wide block-label counter (see ``kernels/rules.py``)."""
     nl = "\n"
 
-    def element(i: str, word: str) -> str:
-        return f"_{name}_element({columns}, {i}, {word}, scalars, zero{flags})"
+    def element(i: str, word: str, pad: str) -> str:
+        loads, stores = _codegen.element_update(
+            spec, storage, lambda c: f"c{c}[{i}]", lambda c: f"x{c}", word, scalars, pad
+        )
+        return nl.join([*loads, *stores])
 
-    lanes = nl.join(f"        {element(f'i + {lane}', f'w{lane}')}" for lane in range(4))
+    lanes = nl.join(element(f"i + {lane}", f"w{lane}", " " * 8) for lane in range(4))
     return f'''
-@njit(inline="always", cache=True)
-def _{name}_element({columns}, i, word, scalars, zero{flags}):
-    """``rules.{spec.name}`` on element i, rounded with the random ``word``."""
-    {scalars}, = scalars
-{nl.join([*loads, *stores])}
-
-
 @njit(inline="always", cache=True)
 def _{name}_loop({columns}, scalars, zero, seed, offset, base{flags}):
     """``rules.{spec.name}`` over one piece whose element 0 is element ``base`` of the
     stream; the access flags are constants at every call."""
+    {scalars}, = scalars
     n = c0.size
     head = min((4 - base % 4) % 4, n)
     blocks = (n - head) // 4
     for i in range(head):
-        {element("i", "_stream_word(base + i, seed, offset)")}
+        word = _stream_word(base + i, seed, offset)
+{element("i", "word", " " * 8)}
     block = (base + head) // 4  # the piece's first whole block
     for q in range(blocks):
         w0, w1, w2, w3 = _stream_block(block + q, seed, offset)
         i = head + 4 * q
 {lanes}
     for i in range(head + 4 * blocks, n):
-        {element("i", "_stream_word(base + i, seed, offset)")}
+        word = _stream_word(base + i, seed, offset)
+{element("i", "word", " " * 8)}
 '''
 
 

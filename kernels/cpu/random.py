@@ -50,7 +50,7 @@ def _dropout_block(x, y, j, block, count, threshold, scale, seed, offset, fmt):
         y[i + 3] = store(fmt, _dropout(load(fmt, x[i + 3]), w3, threshold, scale, dtype))
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _uniform_block(out, j, block, count, low, high, seed, offset, fmt):
     """Elements ``4j … 4j + count − 1`` of the slice out (see :func:`_dropout_block`)."""
     w0, w1, w2, w3 = _stream_block(block, seed, offset)
@@ -65,7 +65,7 @@ def _uniform_block(out, j, block, count, low, high, seed, offset, fmt):
         out[i + 3] = store(fmt, _uniform(w3, low, high, dtype))
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _normal_block(out, j, block, count, mean, std, seed, offset, fmt):
     """Elements ``4j … 4j + count − 1`` of the slice out: Box-Muller on the word pairs
     (w0, w1) for lanes 0, 1 and (w2, w3) for lanes 2, 3."""
@@ -83,7 +83,7 @@ def _normal_block(out, j, block, count, mean, std, seed, offset, fmt):
             out[i + 3] = store(fmt, z3)
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _unit_blocks(full, unit, u):
     """Blocks ``[lo, hi)`` of the u-th unit of ``unit`` blocks among ``full`` blocks."""
     return u * unit, min((u + 1) * unit, full)
@@ -120,7 +120,10 @@ def _dropout_kernel(
 @njit(inline="always", cache=True)
 def _fill_all(out, a, b, seed, offset, unit, fill_block, fmt):
     """Every element of out by ``fill_block`` (:func:`_uniform_block` or
-    :func:`_normal_block`, a compile-time constant: each kernel compiles only its map)."""
+    :func:`_normal_block`, a compile-time constant: each kernel compiles only its map).
+
+    Inlined by Numba for its ``prange``; what it calls is a plain ``njit``, which LLVM
+    inlines (a Numba inline inside a Numba inline: see ``kernels/rules.py``)."""
     n = out.size
     full = n // 4
     for u in prange((full + unit - 1) // unit):
