@@ -378,27 +378,14 @@ def _bn_grad_finalize_kernel(
         )
 
 
-# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16): the
-# registry's names (kernels/cuda/gate.py).
-_KERNELS = _formats.specialize(_data_kernels)
-_bn_stats_kernel = _KERNELS["float"]["stats"]
-_bn_normalize_kernel = _KERNELS["float"]["normalize"]
-_bn_grad_kernel = _KERNELS["float"]["grad"]
-_bn_dx_kernel = _KERNELS["float"]["dx"]
-_bn_stats_float16_kernel = _KERNELS["float16"]["stats"]
-_bn_normalize_float16_kernel = _KERNELS["float16"]["normalize"]
-_bn_grad_float16_kernel = _KERNELS["float16"]["grad"]
-_bn_dx_float16_kernel = _KERNELS["float16"]["dx"]
-_bn_stats_bfloat16_kernel = _KERNELS["bfloat16"]["stats"]
-_bn_normalize_bfloat16_kernel = _KERNELS["bfloat16"]["normalize"]
-_bn_grad_bfloat16_kernel = _KERNELS["bfloat16"]["grad"]
-_bn_dx_bfloat16_kernel = _KERNELS["bfloat16"]["dx"]
+# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16), under
+# the registry's names (kernels/cuda/gate.py): _bn_stats_kernel, _bn_stats_float16_kernel, ...
+_formats.define(globals(), _data_kernels, "bn_")
 
 
 def _kernel(op: str, fmt: str | None):
-    """The ``op`` kernel of the storage format ``fmt`` (None: float arrays), looked up by
-    its registry name (which tests may wrap)."""
-    return globals()[f"_bn_{op}_kernel" if fmt is None else f"_bn_{op}_{fmt}_kernel"]
+    """The ``op`` kernel of the storage format ``fmt`` (None: float arrays)."""
+    return _formats.lookup(globals(), op, fmt, "bn_")
 
 
 # --- launchers --------------------------------------------------------------------

@@ -164,26 +164,9 @@ def _clip_kernels(load, store, compute):
     return {"norm_partials": norm_partials_kernel, "scale": scale_kernel, "clamp": clamp_kernel}
 
 
-# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16): the
-# registry's names (kernels/cuda/gate.py).
-_KERNELS = _formats.specialize(_clip_kernels)
-_norm_partials_kernel = _KERNELS["float"]["norm_partials"]
-_scale_kernel = _KERNELS["float"]["scale"]
-_clamp_kernel = _KERNELS["float"]["clamp"]
-_norm_partials_float16_kernel = _KERNELS["float16"]["norm_partials"]
-_scale_float16_kernel = _KERNELS["float16"]["scale"]
-_clamp_float16_kernel = _KERNELS["float16"]["clamp"]
-_norm_partials_bfloat16_kernel = _KERNELS["bfloat16"]["norm_partials"]
-_scale_bfloat16_kernel = _KERNELS["bfloat16"]["scale"]
-_clamp_bfloat16_kernel = _KERNELS["bfloat16"]["clamp"]
-
-
-def _storage(dtype, fmt):
-    """The kernel of ``op`` for data of ``dtype`` stored as ``fmt`` (None: as itself),
-    looked up by its registry name (which tests may wrap), and the compute type."""
-    if fmt is None:
-        return (lambda op: globals()[f"_{op}_kernel"]), dtype.type
-    return (lambda op: globals()[f"_{op}_{fmt}_kernel"]), np.float32
+# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16), under
+# the registry's names (kernels/cuda/gate.py).
+_formats.define(globals(), _clip_kernels)
 
 
 # --- launchers --------------------------------------------------------------------
@@ -213,8 +196,8 @@ def norm_partials(grad, out, norm_type, stream=None, fmt=None) -> None:
         fmt: "float16" or "bfloat16" for a uint16 ``grad``; None for a float one.
     """
     mode, p = rules.norm_mode(norm_type)
-    kernels, _ = _storage(grad.dtype, fmt)
-    launch(kernels("norm_partials"), grad.size, (grad, out, mode, np.float64(p)), stream)
+    kernel = _formats.lookup(globals(), "norm_partials", fmt)
+    launch(kernel, grad.size, (grad, out, mode, np.float64(p)), stream)
 
 
 def scale_(x, coef, stream=None, fmt=None) -> None:
@@ -228,8 +211,8 @@ def scale_(x, coef, stream=None, fmt=None) -> None:
         stream: a numba stream, or None for the default stream.
         fmt: "float16" or "bfloat16" for a uint16 ``x``; None for a float one.
     """
-    kernels, f = _storage(x.dtype, fmt)
-    launch(kernels("scale"), x.size, (x, f(coef)), stream)
+    f = _formats.compute_type(x.dtype, fmt)
+    launch(_formats.lookup(globals(), "scale", fmt), x.size, (x, f(coef)), stream)
 
 
 def clamp_(x, lo, hi, stream=None, fmt=None) -> None:
@@ -243,5 +226,5 @@ def clamp_(x, lo, hi, stream=None, fmt=None) -> None:
         stream: a numba stream, or None for the default stream.
         fmt: "float16" or "bfloat16" for a uint16 ``x``; None for a float one.
     """
-    kernels, f = _storage(x.dtype, fmt)
-    launch(kernels("clamp"), x.size, (x, f(lo), f(hi)), stream)
+    f = _formats.compute_type(x.dtype, fmt)
+    launch(_formats.lookup(globals(), "clamp", fmt), x.size, (x, f(lo), f(hi)), stream)

@@ -148,18 +148,9 @@ def _fill(out, fill_block, a, b, seed, offset):
         block += stride
 
 
-# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16): the
-# registry's names (kernels/cuda/gate.py).
-_KERNELS = _formats.specialize(_random_kernels)
-_dropout_kernel = _KERNELS["float"]["dropout"]
-_uniform_kernel = _KERNELS["float"]["uniform"]
-_normal_kernel = _KERNELS["float"]["normal"]
-_dropout_float16_kernel = _KERNELS["float16"]["dropout"]
-_uniform_float16_kernel = _KERNELS["float16"]["uniform"]
-_normal_float16_kernel = _KERNELS["float16"]["normal"]
-_dropout_bfloat16_kernel = _KERNELS["bfloat16"]["dropout"]
-_uniform_bfloat16_kernel = _KERNELS["bfloat16"]["uniform"]
-_normal_bfloat16_kernel = _KERNELS["bfloat16"]["normal"]
+# One set per storage format (float arrays, and uint16 bits of float16 / bfloat16), under
+# the registry's names (kernels/cuda/gate.py).
+_formats.define(globals(), _random_kernels)
 
 
 # --- launchers --------------------------------------------------------------------
@@ -181,17 +172,9 @@ def dropout(x, y, threshold, scale, seed, offset, stream=None, fmt=None):
         stream: a numba stream, or None for the default stream.
         fmt: "float16" or "bfloat16" for uint16 arrays; None for float ones.
     """
-    kernels, f = _storage(x.dtype, fmt)
+    f = _formats.compute_type(x.dtype, fmt)
     args = (x, y, np.int64(threshold), f(scale), np.uint64(seed), np.uint64(offset))
-    launch(kernels("dropout"), x.size, args, stream, per_thread=4)
-
-
-def _storage(dtype, fmt):
-    """The kernel of ``op`` for data of ``dtype`` stored as ``fmt`` (None: as itself),
-    looked up by its registry name (which tests may wrap), and the compute type."""
-    if fmt is None:
-        return (lambda op: globals()[f"_{op}_kernel"]), dtype.type
-    return (lambda op: globals()[f"_{op}_{fmt}_kernel"]), np.float32
+    launch(_formats.lookup(globals(), "dropout", fmt), x.size, args, stream, per_thread=4)
 
 
 def fill(out, distribution, a, b, seed, offset, stream=None, fmt=None):
@@ -209,6 +192,6 @@ def fill(out, distribution, a, b, seed, offset, stream=None, fmt=None):
         stream: a numba stream, or None for the default stream.
         fmt: "float16" or "bfloat16" for a uint16 ``out``; None for a float one.
     """
-    kernels, f = _storage(out.dtype, fmt)
+    f = _formats.compute_type(out.dtype, fmt)
     args = (out, f(a), f(b), np.uint64(seed), np.uint64(offset))
-    launch(kernels(distribution), out.size, args, stream, per_thread=4)
+    launch(_formats.lookup(globals(), distribution, fmt), out.size, args, stream, per_thread=4)
