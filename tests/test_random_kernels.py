@@ -320,7 +320,7 @@ def test_sincos_turns_is_accurate_on_its_grid(dtype):
 def _sincos_kernel():
     from numba import njit
 
-    sincos = cpu_random._philox.sincos_turns
+    sincos = cpu_random.PHILOX.sincos_turns
 
     @njit
     def run(u, cos, sin):

@@ -31,13 +31,13 @@ import itertools
 from numba import carray, njit
 from numba.core.extending import intrinsic
 
-from pyopt.kernels import _codegen, config, philox, rules, specs
+from pyopt.kernels import _codegen, config, rules, specs
 from pyopt.kernels.cpu._launch import parallel_launcher
+from pyopt.kernels.cpu.random import PHILOX
 
 _RULES = specs.compiled_rules(njit(cache=True))
 _CONVERSIONS = rules.compiled_conversions(njit(cache=True), *_codegen.bitcast_intrinsics(intrinsic))
-_philox = philox.compiled(njit(cache=True))
-_stream_block, _stream_word = _philox.stream_block, _philox.stream_word
+_stream_block, _stream_word = PHILOX.stream_block, PHILOX.stream_word
 _address_as_pointer = _codegen.address_intrinsic(intrinsic)
 
 

@@ -25,13 +25,14 @@ from pyopt.kernels.cpu._launch import parallel_launcher
 
 _KERNEL_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy"}
 
-# The shared generator and maps (kernels/philox.py), compiled for the CPU.
-_philox = philox.compiled(njit(cache=True))
-_philox4x32_10 = _philox.philox4x32_10
-_stream_block = _philox.stream_block
-_dropout = _philox.dropout
-_uniform = _philox.uniform
-_normal_pair = _philox.normal_pair
+# The shared generator and maps (kernels/philox.py), compiled for the CPU once: the
+# optimizers' stochastic rounding (kernels/cpu/optim.py) draws from these too.
+PHILOX = philox.compiled(njit(cache=True))
+_philox4x32_10 = PHILOX.philox4x32_10
+_stream_block = PHILOX.stream_block
+_dropout = PHILOX.dropout
+_uniform = PHILOX.uniform
+_normal_pair = PHILOX.normal_pair
 
 
 @njit(inline="always", cache=True)
