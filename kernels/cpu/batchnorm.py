@@ -50,7 +50,7 @@ import numpy as np
 from numba import literally, njit, prange
 
 from pyopt.kernels import config, rules
-from pyopt.kernels.cpu._formats import decoded, load, staged, store
+from pyopt.kernels.cpu._formats import decoded, launch, load, staged, store
 from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets float reductions vectorize. No nnan/ninf: NaN and inf must propagate.
@@ -519,12 +519,15 @@ def _run(op, x, dy, params, partials, out, fmt, training=False):
     """One pass ``op`` over C-contiguous ``(outer, C, inner)`` arrays stored as ``fmt``,
     by the kernel of their layout (``inner == 1``: channels-last)."""
     if x.shape[2] == 1:
-        _channels_last_pass(
-            op, x.reshape(-1), dy.reshape(-1), params, partials, out.reshape(-1),
-            bool(training), int(config.CPU_PERIOD), int(config.CPU_BLOCK), fmt,
+        launch(
+            _channels_last_pass, fmt, op, x.reshape(-1), dy.reshape(-1), params, partials,
+            out.reshape(-1), bool(training), int(config.CPU_PERIOD), int(config.CPU_BLOCK),
         )  # fmt: skip
     else:
-        _nchw_pass(op, x, dy, params, partials, out, bool(training), int(config.CPU_CHUNK), fmt)
+        launch(
+            _nchw_pass, fmt, op, x, dy, params, partials, out, bool(training),
+            int(config.CPU_CHUNK),
+        )  # fmt: skip
 
 
 def _zero_partials(channels):

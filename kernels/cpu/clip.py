@@ -22,7 +22,7 @@ import numpy as np
 from numba import literally, njit, prange
 
 from pyopt.kernels import config, rules
-from pyopt.kernels.cpu._formats import load, store
+from pyopt.kernels.cpu._formats import launch, load, store
 from pyopt.kernels.cpu._launch import parallel_launcher
 
 # Reassociation lets the float64 block sums vectorize (a fixed order per compiled loop,
@@ -170,7 +170,7 @@ def norm_partials(grad, out, norm_type, stream=None, fmt=None) -> None:
         )
         out[:] = out_bits.astype(uint).view(dtype)
     else:
-        _norm_sums_kernel(grad, out, mode, np.float64(p), block, fmt or grad.dtype.name)
+        launch(_norm_sums_kernel, fmt or grad.dtype.name, grad, out, mode, np.float64(p), block)
 
 
 @parallel_launcher
@@ -188,7 +188,7 @@ def scale_(x, coef, stream=None, fmt=None) -> None:
     if x.size == 0:
         return
     f = x.dtype.type if fmt is None else np.float32
-    _scale_kernel(x, f(coef), fmt or x.dtype.name)
+    launch(_scale_kernel, fmt or x.dtype.name, x, f(coef))
 
 
 @parallel_launcher
@@ -206,4 +206,4 @@ def clamp_(x, lo, hi, stream=None, fmt=None) -> None:
     if x.size == 0:
         return
     f = x.dtype.type if fmt is None else np.float32
-    _clamp_kernel(x, f(lo), f(hi), fmt or x.dtype.name)
+    launch(_clamp_kernel, fmt or x.dtype.name, x, f(lo), f(hi))

@@ -20,7 +20,7 @@ import numpy as np
 from numba import literally, njit, prange
 
 from pyopt.kernels import config, philox
-from pyopt.kernels.cpu._formats import compute, load, store
+from pyopt.kernels.cpu._formats import compute, launch, load, store
 from pyopt.kernels.cpu._launch import parallel_launcher
 
 _KERNEL_OPTIONS = {"parallel": True, "cache": True, "error_model": "numpy"}
@@ -207,9 +207,10 @@ def dropout(x, y, threshold, scale, seed, offset, stream=None, fmt=None):
     if x.size == 0:
         return
     fmt, f = _storage(x.dtype, fmt)
-    _dropout_kernel(
-        x, y, np.int64(threshold), f(scale), np.uint64(seed), np.uint64(offset), _unit(), fmt
-    )
+    launch(
+        _dropout_kernel, fmt, x, y, np.int64(threshold), f(scale), np.uint64(seed),
+        np.uint64(offset), _unit(),
+    )  # fmt: skip
 
 
 @parallel_launcher
@@ -233,4 +234,4 @@ def fill(out, distribution, a, b, seed, offset, stream=None, fmt=None):
     kernel = {"uniform": _uniform_kernel, "normal": _normal_kernel}[distribution]
     if out.size > 0:
         fmt, f = _storage(out.dtype, fmt)
-        kernel(out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit(), fmt)
+        launch(kernel, fmt, out, f(a), f(b), np.uint64(seed), np.uint64(offset), _unit())
