@@ -631,8 +631,13 @@ class _FusedOptimizer(torch.optim.Optimizer):
             TypeError, ValueError: the state dict does not fit these params.
         """
         plan = self._check_state_dict(state_dict)
+        current = [dict(group) for group in self.param_groups]
         super().load_state_dict(state_dict)
-        for group, record in zip(self.param_groups, self._groups, strict=True):
+        for group, before, record in zip(self.param_groups, current, self._groups, strict=True):
+            # A torch optimizer's groups lack the mixed-precision options: they keep their
+            # values (as _check_state_dict checked them), where torch's load would drop them.
+            for key, value in before.items():
+                group.setdefault(key, value)
             group["state_dtype"] = state_dtype_name(group["state_dtype"])
             hp = _hyperparameters(group)
             for segment in record.segments:
